@@ -1,0 +1,1 @@
+"""ROS-free simulated needle-insertion rig: scene, cameras, force/OCT sensor, robot, scripted expert."""
