@@ -103,3 +103,27 @@ def euler_to_matrix(angles_rad: np.ndarray, convention: str = "ZYZ") -> np.ndarr
 
 ACTION_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 """Names of the 7 action dimensions, in order (mm, mm, mm, rad, rad, rad, unitless)."""
+
+
+def rotvec_to_quaternion(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation vectors (..., 3) -> unit quaternions (..., 4) in ROS order ``[x, y, z, w]``."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    angle = np.linalg.norm(rotvec, axis=-1, keepdims=True)
+    half = angle / 2.0
+    # sin(half)/angle -> 1/2 as angle -> 0
+    scale = np.where(angle < _SMALL_ANGLE, 0.5 - angle**2 / 48.0, np.sin(half) / np.where(angle == 0, 1, angle))
+    return np.concatenate([rotvec * scale, np.cos(half)], axis=-1)
+
+
+def quaternion_to_rotvec(quaternion: np.ndarray) -> np.ndarray:
+    """Quaternions (..., 4) in ROS order ``[x, y, z, w]`` (normalised here) -> rotation vectors (..., 3)."""
+    q = np.asarray(quaternion, dtype=np.float64)
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if np.any(norm < 1e-12):
+        raise ValueError("zero-length quaternion")
+    q = q / norm
+    q = np.where(q[..., 3:4] < 0, -q, q)  # shortest rotation: angle in [0, pi]
+    sin_half = np.linalg.norm(q[..., :3], axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(sin_half, q[..., 3:4])
+    scale = np.where(sin_half < 1e-12, 2.0, angle / np.where(sin_half < 1e-12, 1.0, sin_half))
+    return q[..., :3] * scale
