@@ -1,0 +1,179 @@
+"""Action expert: VL latents + sensor tokens + feature age -> normalised action chunk ``[B, H, D]``.
+
+Three stages, split so the expensive VL side runs once per VL feature rather than once per tick:
+
+1. ``encode_vl`` (cacheable): a latent resampler — ``vl_latents`` learned queries cross-attend to the
+   projected VL tokens ``[B, T, Hvl]`` — compresses ~1500 x 2048 features to ``[B, vl_latents, d]``. It
+   depends on nothing but the features, so one result serves all ~17 ticks that reuse them.
+2. ``context``: a small transformer encoder over ``[age token, sensor tokens, VL latents]``.
+3. a head, decoding ``horizon`` action tokens that cross-attend to the context:
+   * ``regression``: learned step queries, one pass, trained with masked MSE;
+   * ``flow`` (rectified flow matching): tokens embed a noisy chunk x_t and the time t; the decoder
+     predicts the velocity x1 - x0. Inference integrates ``flow_steps`` Euler steps from a fixed
+     noise chunk (a non-persistent buffer drawn from ``flow_seed``), so eval output is deterministic and
+     identical for every batch element given identical inputs. The context is computed once per call.
+
+Ground-truth actions enter only ``loss``; ``predict`` has no parameter through which they could leak.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.config import ActionExpertConfig
+
+
+def _encoder_layer(cfg: ActionExpertConfig) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        cfg.d_model,
+        cfg.num_heads,
+        cfg.ffn_mult * cfg.d_model,
+        cfg.dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+
+
+def _decoder_layer(cfg: ActionExpertConfig) -> nn.TransformerDecoderLayer:
+    return nn.TransformerDecoderLayer(
+        cfg.d_model,
+        cfg.num_heads,
+        cfg.ffn_mult * cfg.d_model,
+        cfg.dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+
+
+def fourier_features(x: torch.Tensor, count: int) -> torch.Tensor:
+    """``[B]`` values in roughly [0, 1] -> ``[B, 2 * count + 1]`` (x, sin/cos at octave frequencies)."""
+    freqs = math.pi * (2.0 ** torch.arange(count, device=x.device, dtype=torch.float32))
+    angles = x.float()[:, None] * freqs
+    return torch.cat([x.float()[:, None], angles.sin(), angles.cos()], dim=-1)
+
+
+class VLResampler(nn.Module):
+    """``[B, T, Hvl]`` (+ bool mask, True = real) -> ``[B, n_latents, d]`` via one cross-attention block."""
+
+    def __init__(self, vl_hidden: int, cfg: ActionExpertConfig):
+        super().__init__()
+        self.in_norm = nn.LayerNorm(vl_hidden)
+        self.proj = nn.Linear(vl_hidden, cfg.d_model)
+        self.latents = nn.Parameter(torch.randn(cfg.vl_latents, cfg.d_model) * 0.02)
+        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.ffn = nn.Sequential(
+            nn.LayerNorm(cfg.d_model),
+            nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model),
+        )
+        self.out_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Compress VL tokens; masked-out tokens (False) never contribute."""
+        keys = self.proj(self.in_norm(vl.float()))
+        queries = self.latents.expand(vl.shape[0], -1, -1)
+        padding = None if mask is None else ~mask
+        attended, _ = self.attn(queries, keys, keys, key_padding_mask=padding, need_weights=False)
+        latents = queries + attended
+        return self.out_norm(latents + self.ffn(latents))
+
+
+class ActionExpert(nn.Module):
+    """See the module docstring; works in normalised action space (the policy de-normalises)."""
+
+    def __init__(self, cfg: ActionExpertConfig, vl_hidden: int, num_sensor_tokens: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.resampler = VLResampler(vl_hidden, cfg)
+        self.age_mlp = nn.Sequential(nn.Linear(2 * 8 + 1, d), nn.GELU(), nn.Linear(d, d))
+        self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # age, sensor, VL
+        self.context_encoder = nn.TransformerEncoder(
+            _encoder_layer(cfg), cfg.context_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+        )
+        self.step_embed = nn.Parameter(torch.randn(cfg.horizon, d) * 0.02)
+        self.decoder = nn.TransformerDecoder(_decoder_layer(cfg), cfg.decoder_layers, norm=nn.LayerNorm(d))
+        self.out = nn.Linear(d, cfg.action_dim)
+        if cfg.head == "flow":
+            self.action_in = nn.Linear(cfg.action_dim, d)
+            self.time_mlp = nn.Sequential(nn.Linear(2 * 8 + 1, d), nn.GELU(), nn.Linear(d, d))
+            generator = torch.Generator().manual_seed(cfg.flow_seed)
+            noise = torch.randn(cfg.horizon, cfg.action_dim, generator=generator)
+            self.register_buffer("flow_noise", noise, persistent=False)
+        self.num_sensor_tokens = num_sensor_tokens
+
+    # ------------------------------------------------------------------------------------ building blocks
+    def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cacheable VL compression ``[B, T, Hvl]`` -> ``[B, vl_latents, d]``."""
+        return self.resampler(vl, mask)
+
+    def age_embedding(self, age_s: torch.Tensor) -> torch.Tensor:
+        """Feature age (s, ``[B]``) -> ``[B, d]``; ages are clamped to ``[0, max_age_s]``."""
+        scaled = age_s.float().clamp(0.0, self.cfg.max_age_s) / self.cfg.max_age_s
+        return self.age_mlp(fourier_features(scaled, 8))
+
+    def context(
+        self, vl_latents: torch.Tensor, sensor_tokens: torch.Tensor, age: torch.Tensor
+    ) -> torch.Tensor:
+        """Fuse ``[age token, sensor tokens, VL latents]`` -> ``[B, 1 + S + L, d]``."""
+        tokens = torch.cat(
+            [
+                (age + self.type_embed[0])[:, None],
+                sensor_tokens + self.type_embed[1],
+                vl_latents + self.type_embed[2],
+            ],
+            dim=1,
+        )
+        return self.context_encoder(tokens)
+
+    def _decode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.out(self.decoder(tokens, context))
+
+    def _flow_velocity(self, x_t: torch.Tensor, t: torch.Tensor, age: torch.Tensor, context: torch.Tensor):
+        cond = self.time_mlp(fourier_features(t, 8)) + age
+        tokens = self.action_in(x_t) + self.step_embed + cond[:, None]
+        return self._decode(tokens, context)
+
+    # ------------------------------------------------------------------------------------------ heads
+    def predict(self, context: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Normalised chunk ``[B, H, D]`` from the context only (no target input exists here)."""
+        batch = context.shape[0]
+        if self.cfg.head == "regression":
+            queries = (self.step_embed + age[:, None]).expand(batch, -1, -1)
+            return self._decode(queries, context)
+        steps = self.cfg.flow_steps
+        x = self.flow_noise.to(context.dtype).expand(batch, -1, -1)
+        for i in range(steps):
+            t = torch.full((batch,), i / steps, device=context.device)
+            x = x + self._flow_velocity(x, t, age, context) / steps
+        return x
+
+    def loss(
+        self, context: torch.Tensor, age: torch.Tensor, target: torch.Tensor, step_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss against normalised targets ``[B, H, D]``; ``step_mask`` ``[B, H]``, False = pad."""
+        weights = step_mask.float()[..., None].expand_as(target)
+        denom = weights.sum().clamp_min(1.0)
+        if self.cfg.head == "regression":
+            pred = self.predict(context, age)
+            loss = ((pred - target) ** 2 * weights).sum() / denom
+            return loss, {"mse_norm": float(loss.detach())}
+        batch = target.shape[0]
+        noise = torch.randn_like(target)
+        t = torch.rand(batch, device=target.device)
+        x_t = (1.0 - t)[:, None, None] * noise + t[:, None, None] * target
+        velocity = self._flow_velocity(x_t, t, age, context)
+        loss = ((velocity - (target - noise)) ** 2 * weights).sum() / denom
+        return loss, {"flow_mse": float(loss.detach())}
+
+
+def masked_mean_abs(diff: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
+    """Mean |diff| over real steps (``diff`` ``[B, H, D]``, ``step_mask`` ``[B, H]``)."""
+    weights = step_mask.float()[..., None].expand_as(diff)
+    return (diff.abs() * weights).sum() / weights.sum().clamp_min(1.0)

@@ -1,0 +1,448 @@
+"""``AsyncVLAPolicy``: the one class the nodes and the trainers use (see docs/CONTRACTS.md).
+
+Run time: the vlm_node calls ``extract_vl_features`` (slow, VLM loaded); the action-expert node calls
+``encode_vl_features`` once per received feature and ``predict_actions`` every tick (fast, no VLM).
+``predict_actions`` also accepts raw features and then reuses the encoding while it is handed the same,
+unmodified tensor object and the weights are unchanged, so a naive caller gets the fast path too.
+
+Training: ``forward(batch)`` returns loss + metrics. Stage 1 passes cached ``vl_features``; Stage 2 passes
+``images`` + ``instructions`` for G groups and ``group_size`` R: one VLM forward (batched over the groups)
+serves the R sensor windows / targets of each group, exactly as a feature is reused at run time.
+``set_stage(1|2)`` sets ``requires_grad`` accordingly; ``parameter_groups()`` feeds separate learning rates.
+
+Actions are normalised inside (``action_mean``/``action_std`` buffers, per action dimension), so inputs and
+outputs are physical units. The ``fingerprint`` identifies the feature function: VLM identity and the
+settings that change its output, the LoRA weights hash (``none`` for no adapter or a no-op one) and the
+feature layout. It does not depend on the sensor encoder or action expert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import lora as lora_utils
+from models.action_expert import ActionExpert
+from models.config import PolicyConfig
+from models.pose_math import ACTION_NAMES
+from models.sensor_encoder import SensorEncoder
+from models.vlm import VLFeatureExtractor, VLFeatureMeta
+
+FINGERPRINT_VERSION = 1
+
+
+class PolicyOutput(NamedTuple):
+    """``forward`` result: scalar loss (with graph) and float metrics."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+
+
+@dataclass
+class EncodedVL:
+    """VL features after the action expert's resampler: ``latents`` ``[B, vl_latents, d_model]``.
+
+    Valid for the policy weights that produced it; compute once per VL feature, reuse for every tick.
+    """
+
+    latents: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """Number of feature sets encoded."""
+        return int(self.latents.shape[0])
+
+
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    raise ValueError(f"{name} must be a torch.Tensor, numpy array or number, got {type(value).__name__}")
+
+
+class AsyncVLAPolicy(nn.Module):
+    """VLM feature extractor + sensor encoder + action expert with the asynchronous contract."""
+
+    def __init__(self, config: PolicyConfig, load_vlm: bool = False, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.config = config.validate()
+        ae = config.action_expert
+        self.sensor_encoder = SensorEncoder(config.sensor, ae.d_model)
+        self.action_expert = ActionExpert(ae, config.vlm.hidden_size, self.sensor_encoder.num_tokens)
+        self.register_buffer("action_mean", torch.zeros(ae.action_dim))
+        self.register_buffer("action_std", torch.ones(ae.action_dim))
+        self._vlm: VLFeatureExtractor | None = None
+        self.vlm_model: nn.Module | None = None
+        self._stored_lora_hash = lora_utils.NO_LORA_HASH
+        self._merged_lora_hash: str | None = None
+        self._vl_cache: tuple | None = None
+        self.last_vl_meta: VLFeatureMeta | None = None
+        self.to(device)
+        if load_vlm:
+            self.attach_vlm(device=device)
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def vl_hidden_size(self) -> int:
+        """Hvl, the VLM text hidden size the action expert consumes."""
+        return self.config.vlm.hidden_size
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """Names of the action dimensions (``models.pose_math.ACTION_NAMES`` for 7-D actions)."""
+        dim = self.config.action_expert.action_dim
+        return ACTION_NAMES if dim == len(ACTION_NAMES) else tuple(f"a{i}" for i in range(dim))
+
+    @property
+    def has_vlm(self) -> bool:
+        """True when the VLM is loaded (``extract_vl_features`` and Stage 2 need it)."""
+        return self._vlm is not None
+
+    @property
+    def vlm(self) -> VLFeatureExtractor:
+        """The feature extractor; raises when the VLM is not loaded."""
+        if self._vlm is None:
+            raise RuntimeError("the VLM is not loaded: construct with load_vlm=True or call attach_vlm()")
+        return self._vlm
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the action expert."""
+        return self.action_mean.device
+
+    @property
+    def feature_layout(self) -> dict[str, Any]:
+        """What a VL feature tensor looks like; consumers must agree on all of it."""
+        vlm = self.config.vlm
+        return {
+            "token_selection": vlm.token_selection,
+            "pooled_grid": vlm.pooled_grid if vlm.token_selection == "pooled" else None,
+            "feature_layer": vlm.feature_layer,
+            "hidden_size": vlm.hidden_size,
+            "dtype": vlm.feature_dtype,
+            "num_views": vlm.num_views,
+            "image_size": [vlm.image_height, vlm.image_width],
+        }
+
+    @property
+    def lora_hash(self) -> str:
+        """Hash of the LoRA weights in use (``none`` without an effective adapter)."""
+        if self._merged_lora_hash is not None:
+            return self._merged_lora_hash
+        if self.vlm_model is not None and hasattr(self.vlm_model, "peft_config"):
+            return lora_utils.hash_lora_tensors(lora_utils.lora_state_dict(self.vlm_model))
+        return self._stored_lora_hash
+
+    @property
+    def fingerprint(self) -> str:
+        """16-hex identity of the VL feature function (VLM + LoRA + layout); see module docstring."""
+        vlm = self.config.vlm
+        identity = {
+            "version": FINGERPRINT_VERSION,
+            "vlm": {
+                "model": vlm.model_name_or_path,
+                "dtype": vlm.dtype,
+                "min_pixels": vlm.min_pixels,
+                "max_pixels": vlm.max_pixels,
+                "prompt_prefix": vlm.prompt_prefix,
+                "architecture": vlm.architecture,
+            },
+            "lora": self.lora_hash,
+            "layout": self.feature_layout,
+        }
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------------------------------- VLM
+    def attach_vlm(
+        self,
+        extractor: VLFeatureExtractor | None = None,
+        device: str | torch.device | None = None,
+        lora_dir: str | None = None,
+    ) -> VLFeatureExtractor:
+        """Load (or adopt) the VLM; apply LoRA (fresh, or from ``lora_dir``) when ``config.lora.enabled``."""
+        device = device if device is not None else self.device
+        if extractor is None:
+            extractor = VLFeatureExtractor.from_pretrained(self.config.vlm, device=device)
+        model = extractor.hf_model
+        if lora_dir is not None:
+            model = lora_utils.load_lora_adapter(model, lora_dir, trainable=False)
+        elif self.config.lora.enabled:
+            model = lora_utils.apply_lora(model, self.config.lora)
+        model.requires_grad_(False)
+        self._vlm = extractor
+        self.vlm_model = model
+        self._merged_lora_hash = None
+        return extractor
+
+    def merge_lora_for_inference(self) -> None:
+        """Fold LoRA into the VLM weights (faster inference); the fingerprint keeps the adapter's hash."""
+        if self.vlm_model is None or not hasattr(self.vlm_model, "peft_config"):
+            return
+        lora_hash = self.lora_hash
+        self.vlm_model = lora_utils.merge_lora(self.vlm_model)
+        self.vlm.hf_model = self.vlm_model
+        self._merged_lora_hash = lora_hash
+
+    def extract_vl_features(self, images: Sequence[np.ndarray], instruction: str) -> torch.Tensor:
+        """``num_views`` HxWx3 uint8 RGB arrays + instruction -> ``[T, Hvl]`` (CPU, ``feature_dtype``).
+
+        Metadata (tokens per view, grids, inference time) is left in ``last_vl_meta``.
+        """
+        features, meta = self.vlm.extract(images, instruction)
+        self.last_vl_meta = meta
+        return features
+
+    def extract_vl_features_batch(
+        self, list_of_images: Sequence[Sequence[np.ndarray]], instructions: Sequence[str]
+    ) -> list[torch.Tensor]:
+        """Batched ``extract_vl_features`` (one forward) for the training feature cache."""
+        features, metas = self.vlm.extract_batch(list_of_images, instructions)
+        self.last_vl_meta = metas[-1]
+        return features
+
+    # ---------------------------------------------------------------------------------- normalisation
+    @torch.no_grad()
+    def set_normalization(
+        self,
+        sensor_mean: Any = None,
+        sensor_std: Any = None,
+        action_mean: Any = None,
+        action_std: Any = None,
+    ) -> None:
+        """Set per-channel sensor and per-dimension action statistics (any subset)."""
+        if sensor_mean is not None or sensor_std is not None:
+            mean = self.sensor_encoder.mean if sensor_mean is None else sensor_mean
+            std = self.sensor_encoder.std if sensor_std is None else sensor_std
+            self.sensor_encoder.set_normalization(mean, std)
+        dim = self.config.action_expert.action_dim
+        for name, value in (("action_mean", action_mean), ("action_std", action_std)):
+            if value is None:
+                continue
+            tensor = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+            if tensor.shape != (dim,) or not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} must be {dim} finite values, got {tuple(tensor.shape)}")
+            if name == "action_std":
+                tensor = tensor.clamp_min(1e-6)
+            getattr(self, name).copy_(tensor)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Physical -> normalised units."""
+        return (actions - self.action_mean) / self.action_std
+
+    def denormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Normalised -> physical units."""
+        return actions * self.action_std + self.action_mean
+
+    # ----------------------------------------------------------------------------------------- inference
+    def _check_vl(
+        self, vl: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if vl.ndim == 2:
+            vl = vl[None]
+            mask = None if mask is None else mask.reshape(1, -1)
+        if vl.ndim != 3 or vl.shape[2] != self.vl_hidden_size or vl.shape[1] == 0:
+            raise ValueError(
+                f"vl_features must be [T, {self.vl_hidden_size}] or [B, T, {self.vl_hidden_size}], "
+                f"got {list(vl.shape)}"
+            )
+        if mask is not None:
+            mask = mask.to(device=vl.device, dtype=torch.bool)
+            if mask.shape != vl.shape[:2]:
+                raise ValueError(f"vl_mask must be {list(vl.shape[:2])}, got {list(mask.shape)}")
+            if not mask.any(dim=1).all():
+                raise ValueError("vl_mask leaves a sample with no VL token")
+        return vl, mask
+
+    def _encode(self, vl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        vl, mask = self._check_vl(vl.to(self.device), mask)
+        return self.action_expert.encode_vl(vl, mask)
+
+    def _weights_version(self) -> int:
+        return sum(p._version for p in self.action_expert.resampler.parameters())
+
+    @torch.no_grad()
+    def encode_vl_features(self, vl_features: Any, vl_mask: Any = None) -> EncodedVL:
+        """Resample VL features once (``[T,Hvl]`` or ``[B,T,Hvl]``) for reuse by ``predict_actions``."""
+        vl = _as_tensor(vl_features, "vl_features")
+        mask = None if vl_mask is None else _as_tensor(vl_mask, "vl_mask")
+        if not torch.isfinite(vl).all():
+            raise ValueError("vl_features contain non-finite values")
+        with _eval_mode(self.sensor_encoder, self.action_expert):
+            return EncodedVL(self._encode(vl, mask))
+
+    def _cached_encode(self, vl: torch.Tensor, mask: torch.Tensor | None) -> EncodedVL:
+        if vl.is_inference():  # no version counter, so in-place edits could not be detected
+            return self.encode_vl_features(vl, mask)
+        key = (vl._version, None if mask is None else id(mask), self._weights_version())
+        cache = self._vl_cache
+        if cache is not None and cache[0]() is vl and cache[1] == key:
+            return cache[2]
+        encoded = self.encode_vl_features(vl, mask)
+        self._vl_cache = (weakref.ref(vl), key, encoded)
+        return encoded
+
+    @torch.no_grad()
+    def predict_actions(
+        self, vl_features: Any, sensor_window: Any, vl_age_s: Any, vl_mask: Any = None
+    ) -> torch.Tensor:
+        """Predict a chunk ``[B, H, D]`` in physical units (``[H, D]`` for an unbatched ``[W, C]`` window).
+
+        ``vl_features`` is ``[T,Hvl]``/``[B,T,Hvl]`` or an ``EncodedVL``; a VL batch of 1 is shared by
+        every window. ``vl_age_s`` is a float or ``[B]``. Eval mode, no grad, deterministic.
+        """
+        window = _as_tensor(sensor_window, "sensor_window")
+        unbatched = window.ndim == 2
+        window = (window[None] if unbatched else window).to(self.device, torch.float32)
+        cfg = self.config.sensor
+        if window.ndim != 3 or window.shape[1:] != (cfg.window, cfg.channels):
+            raise ValueError(
+                f"sensor_window must be [{cfg.window}, {cfg.channels}] or "
+                f"[B, {cfg.window}, {cfg.channels}], got {list(_as_tensor(sensor_window, 's').shape)}"
+            )
+        if not torch.isfinite(window).all():
+            raise ValueError("sensor_window contains non-finite values")
+        batch = window.shape[0]
+        age = _as_tensor(vl_age_s, "vl_age_s").to(self.device, torch.float32).reshape(-1)
+        if age.numel() == 1:
+            age = age.expand(batch)
+        if age.shape != (batch,) or not torch.isfinite(age).all():
+            raise ValueError(f"vl_age_s must be a finite float or [{batch}], got {list(age.shape)}")
+        if isinstance(vl_features, EncodedVL):
+            latents = vl_features.latents.to(self.device)
+        else:
+            vl = _as_tensor(vl_features, "vl_features")
+            mask = None if vl_mask is None else _as_tensor(vl_mask, "vl_mask")
+            latents = self._cached_encode(vl, mask).latents
+        if latents.shape[0] == 1 and batch > 1:
+            latents = latents.expand(batch, -1, -1)
+        if latents.shape[0] != batch:
+            raise ValueError(f"{latents.shape[0]} VL feature sets for {batch} sensor windows")
+        with _eval_mode(self.sensor_encoder, self.action_expert):
+            actions = self.denormalize_actions(self._head_forward(latents, window, age))
+        return actions[0] if unbatched else actions
+
+    def _head_forward(self, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor) -> torch.Tensor:
+        ae = self.action_expert
+        age = ae.age_embedding(age_s)
+        return ae.predict(ae.context(latents, self.sensor_encoder(window), age), age)
+
+    # ------------------------------------------------------------------------------------------ training
+    def set_stage(self, stage: int) -> None:
+        """Stage 1: only sensor encoder + action expert train. Stage 2: LoRA trains too; base VLM never."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.sensor_encoder.requires_grad_(True)
+        self.action_expert.requires_grad_(True)
+        if self.vlm_model is not None:
+            self.vlm_model.requires_grad_(False)
+            if stage == 2:
+                if not lora_utils.lora_parameters(self.vlm_model):
+                    raise RuntimeError("Stage 2 needs LoRA adapters on the VLM (config.lora.enabled)")
+                lora_utils.set_lora_trainable(self.vlm_model, True)
+        elif stage == 2:
+            raise RuntimeError("Stage 2 needs the VLM: construct with load_vlm=True")
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group (``sensor_encoder``, ``action_expert``, ``lora``)."""
+        groups = {
+            "sensor_encoder": [p for p in self.sensor_encoder.parameters() if p.requires_grad],
+            "action_expert": [p for p in self.action_expert.parameters() if p.requires_grad],
+            "lora": [],
+        }
+        if self.vlm_model is not None:
+            groups["lora"] = [p for p in lora_utils.lora_parameters(self.vlm_model) if p.requires_grad]
+        return groups
+
+    def trainable_parameter_report(self) -> dict[str, dict[str, int | float]]:
+        """Parameter counts (total / trainable / %) per component."""
+        return lora_utils.trainable_parameter_report(
+            {
+                "sensor_encoder": self.sensor_encoder,
+                "action_expert": self.action_expert,
+                "vlm": self.vlm_model,
+            }
+        )
+
+    def forward(self, batch: dict[str, Any]) -> PolicyOutput:
+        """Training step loss; see the module docstring and docs/CONTRACTS.md for ``batch`` keys."""
+        window = batch["sensor_window"].to(self.device, torch.float32)
+        n = window.shape[0]
+        age_s = batch["vl_age_s"].to(self.device, torch.float32).reshape(-1)
+        target = batch["target_actions"].to(self.device, torch.float32)
+        step_mask = batch.get("action_mask")
+        step_mask = torch.ones(target.shape[:2], dtype=torch.bool) if step_mask is None else step_mask
+        step_mask = step_mask.to(self.device, torch.bool)
+        if age_s.shape != (n,) or target.shape[0] != n or step_mask.shape != target.shape[:2]:
+            raise ValueError(
+                f"inconsistent batch: window {list(window.shape)}, vl_age_s {list(age_s.shape)}, "
+                f"target {list(target.shape)}, action_mask {list(step_mask.shape)}"
+            )
+        if "vl_features" in batch:
+            latents = self._encode(batch["vl_features"], batch.get("vl_mask"))
+        elif "images" in batch:
+            latents = self._grouped_vl_latents(
+                batch["images"], batch["instructions"], int(batch["group_size"]), n
+            )
+        else:
+            raise ValueError(
+                "batch needs either 'vl_features' (Stage 1) or 'images' + 'instructions' (Stage 2)"
+            )
+        if latents.shape[0] != n:
+            raise ValueError(f"{latents.shape[0]} VL feature sets for {n} sensor windows")
+        ae = self.action_expert
+        age = ae.age_embedding(age_s)
+        context = ae.context(latents, self.sensor_encoder(window), age)
+        loss, metrics = ae.loss(context, age, self.normalize_actions(target), step_mask)
+        metrics["loss"] = float(loss.detach())
+        metrics["vl_age_mean_s"] = float(age_s.mean())
+        return PolicyOutput(loss, metrics)
+
+    def _grouped_vl_latents(
+        self, images: Sequence[Sequence[np.ndarray]], instructions: Sequence[str], group_size: int, n: int
+    ) -> torch.Tensor:
+        """One VLM forward for G groups, resampled once per group and shared by its R windows."""
+        if group_size < 1 or len(images) * group_size != n:
+            raise ValueError(f"{len(images)} image groups x group_size {group_size} != {n} sensor windows")
+        vlm = self.vlm
+        features = vlm.forward_features(vlm.prepare_inputs(images, instructions))
+        padded = nn.utils.rnn.pad_sequence([vlm.to_feature_dtype(f) for f in features], batch_first=True)
+        lengths = torch.tensor([f.shape[0] for f in features], device=padded.device)
+        mask = torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]
+        latents = self._encode(padded, mask)
+        return latents.repeat_interleave(group_size, dim=0)
+
+    # ------------------------------------------------------------------------------------- state dict
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything except the VLM: sensor encoder, action expert, normalisation buffers."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("vlm_model.")}
+
+
+class _eval_mode:
+    """Temporarily put modules in eval mode, restoring each submodule's own flag afterwards."""
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for module in self.modules for m in module.modules()]
+        for module in self.modules:
+            module.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for module, flag in self.flags:
+            module.training = flag
+        return False
