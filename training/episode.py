@@ -125,7 +125,11 @@ class EpisodeWriter:
         if extra_metadata:
             self._meta["metadata"].update(extra_metadata)
         channels = self._meta["num_sensor_channels"]
-        sensor = np.concatenate(self._sensor_chunks) if self._sensor_chunks else np.zeros((0, channels), np.float32)
+        sensor = (
+            np.concatenate(self._sensor_chunks)
+            if self._sensor_chunks
+            else np.zeros((0, channels), np.float32)
+        )
         sensor_stamps = (
             np.concatenate(self._sensor_stamp_chunks) if self._sensor_stamp_chunks else np.zeros(0, np.int64)
         )

@@ -1,0 +1,145 @@
+"""Causal, timestamp-aligned samples on a synthetic episode with known motion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.pose_math import pose_delta
+from training.alignment import NS_PER_S, interpolate_poses, target_chunk
+from training.dataset import AlignmentConfig, GroupDataset, TickDataset, open_episodes, split_episodes
+from training.fixtures import _AXIS, make_synthetic_episode, synthetic_pose
+from training.sampler import BatchPlan, sample_k
+
+START = 1_700_000_000_000_000_000
+SPEED = 4.0
+
+
+@pytest.fixture(scope="module")
+def episode(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    # Cameras at 10 Hz with different phases; one slower camera (5 Hz) so image choice differs per camera.
+    path = make_synthetic_episode(
+        root / "ep",
+        speed=SPEED,
+        duration_s=2.5,
+        start_ns=START,
+        channels=8,
+        image_size=16,
+        camera_offsets_s=[0.0, 0.013, 0.051, 0.077, 0.03],
+    )
+    cfg = AlignmentConfig(reuse=5)
+    return open_episodes([path], cfg)[0]
+
+
+def test_interpolation_exact_between_and_at_samples():
+    stamps = START + np.arange(0, 11) * 10_000_000
+    poses = synthetic_pose((stamps - START) / NS_PER_S, SPEED)
+    times = START + np.array([0, 3_000_000, 10_000_000, 57_123_456, 100_000_000, 150_000_000])
+    got = interpolate_poses(stamps, poses, times)
+    want = synthetic_pose((np.minimum(times, stamps[-1]) - START) / NS_PER_S, SPEED)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_array_equal(got[2], poses[1])  # exact stamp: the recorded pose itself
+
+
+def test_targets_match_known_motion(episode):
+    cfg = episode.config
+    dt = cfg.dt_s
+    expected_step = np.concatenate(
+        [[SPEED * dt, 0.4 * dt, -0.25 * dt], _AXIS * np.deg2rad(0.2 * SPEED) * dt, [0]]
+    )
+    for tick in range(0, episode.num_ticks - cfg.horizon - 1, 3):
+        sample = episode.sample(tick, 0)
+        assert sample["action_mask"].all()
+        np.testing.assert_allclose(
+            sample["target_actions"], np.tile(expected_step, (cfg.horizon, 1)), atol=1e-6
+        )
+        t = (sample["tick_ns"] - START) / NS_PER_S
+        path = synthetic_pose(t + dt * np.arange(cfg.horizon + 1), SPEED)
+        np.testing.assert_allclose(sample["target_actions"], pose_delta(path[:-1], path[1:]), atol=1e-6)
+
+
+def test_sensor_window_is_causal_and_newest(episode):
+    stamps = episode.sensor_stamps_ns
+    for tick in range(episode.num_ticks):
+        tick_ns = episode.timeline.tick_ns(tick)
+        window = episode.sample(tick, 0)["sensor_window"]
+        end = int(np.searchsorted(stamps, tick_ns, side="right"))
+        assert stamps[end - 1] <= tick_ns and (end == len(stamps) or stamps[end] > tick_ns)
+        np.testing.assert_array_equal(window, np.asarray(episode.sensor[end - 65 : end]))
+        assert window.shape == (65, 8)
+
+
+def test_images_newest_at_or_before_feature_time_and_age(episode):
+    for tick in range(episode.num_ticks):
+        for k in range(min(tick, episode.config.max_k) + 1):
+            sample = episode.sample(tick, k)
+            t0 = episode.timeline.tick_ns(tick - k)
+            ref = sample["ref"]
+            for camera, index, stamp in zip(ref.cameras, ref.frame_indices, ref.frame_stamps_ns):
+                stamps = episode.frame_stamps_ns[camera]
+                assert stamp == stamps[index] <= t0 <= sample["tick_ns"]
+                assert index == len(stamps) - 1 or stamps[index + 1] > t0
+            age = (sample["tick_ns"] - max(ref.frame_stamps_ns)) / NS_PER_S
+            assert sample["vl_age_s"] == pytest.approx(age, abs=1e-6)
+            assert sample["vl_age_s"] >= k * episode.config.dt_s - 1e-9
+
+
+def test_episode_end_holds_still_with_mask(episode):
+    cfg = episode.config
+    last = episode.num_ticks - 1
+    sample = episode.sample(last, 0)
+    mask, actions = sample["action_mask"], sample["target_actions"]
+    assert not mask.all() and not mask[-1]
+    assert np.all(mask[:-1] >= mask[1:])  # valid steps first, then padding
+    tick_ns = episode.timeline.tick_ns(last)
+    valid_end = tick_ns + (np.arange(cfg.horizon) + 1) * cfg.dt_ns <= episode.pose_stamps_ns[-1]
+    np.testing.assert_array_equal(mask, valid_end)
+    first_pad_start = int(np.argmin(mask)) + 1  # steps starting after the last pose are exactly still
+    np.testing.assert_array_equal(actions[first_pad_start:, :6], 0.0)
+    # And the raw helper agrees for a tick past every pose.
+    actions, mask = target_chunk(
+        episode.pose_stamps_ns, episode.pose, int(episode.pose_stamps_ns[-1]), 8, cfg.dt_ns
+    )
+    assert not mask.any()
+    np.testing.assert_array_equal(actions[:, :6], 0.0)
+
+
+def test_datasets_ticks_and_groups(episode):
+    cfg = episode.config
+    ticks = TickDataset([episode], cfg)
+    assert len(ticks) == episode.num_ticks
+    assert ticks.max_k().max() == cfg.reuse - 1 and ticks.max_k()[0] == 0
+    groups = GroupDataset([episode], cfg)
+    assert len(groups) == episode.num_ticks - cfg.reuse + 1
+    group = groups[(3, 0)]
+    assert group["sensor_window"].shape == (cfg.reuse, 65, 8)
+    np.testing.assert_array_equal(group["k"], np.arange(cfg.reuse))
+    assert len(group["images"]) == 5 and group["images"][0].shape == (16, 16, 3)
+    ages = group["vl_age_s"]
+    assert np.all(np.diff(ages) == pytest.approx(cfg.dt_s, abs=1e-6))  # one feature, R ticks growing older
+
+
+def test_sampler_deterministic_and_k_in_range():
+    max_k = np.array([0, 1, 2, 16, 16, 16, 16, 3] * 8)
+    plan = BatchPlan(max_k, global_batch=8, seed=3)
+    again = BatchPlan(max_k, global_batch=8, seed=3)
+    for step in range(plan.steps_per_epoch):
+        items = plan.global_items(1, step)
+        assert items == again.global_items(1, step)
+        assert all(0 <= k <= max_k[i] for i, k in items)
+    assert plan.global_items(0, 0) != plan.global_items(1, 0)
+    # Micro-batches of all ranks together are exactly the global batch.
+    union = [x for r in range(2) for mb in plan.micro_batches(0, 2, r, world=2, accum=2) for x in mb]
+    assert sorted(union) == sorted(plan.global_items(0, 2))
+    # A configured age distribution is honoured (k=0 never drawn when its weight is 0).
+    ks = sample_k(np.random.default_rng(0), np.full(2000, 4), [0.0, 1.0, 1.0, 0.0, 2.0])
+    assert set(np.unique(ks)) == {1, 2, 4}
+    assert abs(np.mean(ks == 4) - 0.5) < 0.05
+
+
+def test_split_is_by_episode(tmp_path):
+    paths = [tmp_path / f"ep{i}" for i in range(10)]
+    train, val = split_episodes(paths, 0.2, seed=0)
+    assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == sorted(paths)
+    assert split_episodes(paths, 0.2, seed=0) == (train, val)
