@@ -1,2 +1,4 @@
-"""ROS-free model code shared by the nodes and by training: VLM feature extractor, sensor encoder,
-action expert, the async policy API, checkpoints and configs."""
+"""ROS-free model code shared by the nodes and by training.
+
+VLM feature extractor, sensor encoder, action expert, the async policy API, checkpoints and configs.
+"""

@@ -86,6 +86,7 @@ class AsyncVLAPolicy(nn.Module):
         self.vlm_model: nn.Module | None = None
         self._stored_lora_hash = lora_utils.NO_LORA_HASH
         self._merged_lora_hash: str | None = None
+        self.lora_source_dir = None  # adapter folder of a checkpoint loaded without the VLM
         self._vl_cache: tuple | None = None
         self.last_vl_meta: VLFeatureMeta | None = None
         self.to(device)
