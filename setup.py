@@ -42,7 +42,6 @@ setup(
     maintainer_email="insertion-vla@example.com",
     description="Asynchronous VLA controller for robotic needle insertion (ROS 2).",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # ROS 2 nodes and tools (need rclpy + insertion_vla_msgs)

@@ -64,7 +64,7 @@ class EncodedVL:
 def _as_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, (float, int)) and not isinstance(value, bool):
         return torch.tensor(float(value))

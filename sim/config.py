@@ -80,9 +80,9 @@ class SensorConfig:
     oct_range_mm: float = 3.0
     force_noise_n: float = 0.01
     oct_noise_floor: float = 1e-3
-    oct_attenuation_per_mm: tuple[float, ...] = (0.9, 1.3, 1.7)
-    oct_scattering: tuple[float, ...] = (0.10, 0.05, 0.14)
-    oct_reflectivity: tuple[float, ...] = (1.0, 0.8, 0.7)
+    oct_attenuation_per_mm: tuple[float, ...] = (0.5, 0.7, 0.9)
+    oct_scattering: tuple[float, ...] = (0.02, 0.012, 0.03)
+    oct_reflectivity: tuple[float, ...] = (1.0, 0.6, 0.5)
     oct_boundary_width_mm: float = 0.012
     oct_dynamic_range_db: float = 45.0
 

@@ -2,7 +2,9 @@
 
 Time starts at 0 on every ``reset`` and advances only through :meth:`InsertionRig.apply_action`, in whole
 control ticks (10 ms). Streams are stamped on fixed grids from the episode start: poses at 100 Hz
-(tick ``i`` -> ``i * 10 ms``), sensor samples at 650 Hz (sample ``k`` -> ``floor(k * 1e9 / 650)`` ns).
+(tick ``i`` -> ``start_ns + i * 10 ms``), sensor samples at 650 Hz (sample ``k`` -> ``start_ns +
+floor(k * 1e9 / 650)``), camera frames at their render time. ``start_ns`` (1 s by default) keeps every
+stamp non-zero: a zero header stamp means "unset" in ROS tools.
 Typical loop::
 
     rig = InsertionRig(RigConfig().with_image_size(112, 112), seed=0)
@@ -29,6 +31,7 @@ from sim.sensor import NeedleSensor
 from sim.topics import CAMERA_NAMES
 
 NS_PER_S = 1_000_000_000
+DEFAULT_START_NS = NS_PER_S
 
 
 @dataclass
@@ -57,12 +60,18 @@ class InsertionRig:
 
     # -- episode -----------------------------------------------------------------------------------
 
-    def reset(self, target: str | None = None, seed: int | None = None, render: bool = True) -> Observation:
+    def reset(
+        self,
+        target: str | None = None,
+        seed: int | None = None,
+        render: bool = True,
+        start_ns: int = DEFAULT_START_NS,
+    ) -> Observation:
         """Start a new episode (time 0) and return its first observation.
 
         ``target`` is one of :data:`sim.config.TARGET_COLOURS` (random when ``None``); ``seed`` pins this
         episode (otherwise the next one of the rig's seed sequence is used). ``render=False`` skips the
-        cameras for the returned observation (``images`` is then empty).
+        cameras for the returned observation (``images`` is then empty). ``start_ns`` is the stamp of time 0.
         """
         if seed is None:
             seed = int(self._episode_seeds.spawn(1)[0].generate_state(1)[0])
@@ -79,6 +88,7 @@ class InsertionRig:
         self._cameras: CameraRig | None = None
         self.instruction = instruction_for(target)
         self._tick = 0
+        self.start_ns = int(start_ns)
         self._poses = [self.robot.pose.copy()]
         self._pose_read = 0
         self._sensor_stamps: list[np.ndarray] = []
@@ -102,8 +112,8 @@ class InsertionRig:
 
     @property
     def stamp_ns(self) -> int:
-        """Episode time in integer nanoseconds."""
-        return self._tick * NS_PER_S // self.config.robot.control_rate_hz
+        """Stamp of the current time: ``start_ns`` + episode time, integer nanoseconds."""
+        return self.start_ns + self._tick * NS_PER_S // self.config.robot.control_rate_hz
 
     def pose(self) -> np.ndarray:
         """Return the needle tip pose, 7-vector ``[x, y, z mm, rx, ry, rz rad, gripper]``."""
@@ -140,14 +150,14 @@ class InsertionRig:
         velocity = (poses[index + 1, 0:3] - poses[index, 0:3]) * control
         depth_rate = -velocity[:, 2]
         samples, _ = self.sensor.sample(k / rate, tips, depth_rate)
-        self._sensor_stamps.append(k * NS_PER_S // rate)
+        self._sensor_stamps.append(self.start_ns + k * NS_PER_S // rate)
         self._sensor_samples.append(samples)
         self._next_sample = int(last + 1)
 
     # -- streams -----------------------------------------------------------------------------------
 
     def sensor_samples_until(self, t_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return the sensor samples not yet returned with stamp <= ``t_s`` (default: now).
+        """Return the sensor samples not yet returned up to episode time ``t_s`` (s; default: now).
 
         Returns ``(stamps_ns [n] int64, samples [n, C])``.
 
@@ -160,7 +170,7 @@ class InsertionRig:
             if self._sensor_samples
             else np.zeros((0, self.sensor.num_channels), np.float32)
         )
-        limit = self.stamp_ns if t_s is None else round(t_s * NS_PER_S)
+        limit = self.stamp_ns if t_s is None else self.start_ns + round(t_s * NS_PER_S)
         cut = int(np.searchsorted(stamps, limit, side="right"))
         rest_stamps, rest_samples = stamps[cut:], samples[cut:]
         self._sensor_stamps = [rest_stamps] if rest_stamps.size else []
@@ -168,14 +178,14 @@ class InsertionRig:
         return stamps[:cut], samples[:cut]
 
     def pose_samples_until(self, t_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return the 100 Hz poses not yet returned with stamp <= ``t_s``: (stamps_ns [m], poses [m, 7])."""
+        """Return the 100 Hz poses not yet returned up to episode time ``t_s``: (stamps_ns [m], poses [m, 7])."""
         self._require_episode()
         control = self.config.robot.control_rate_hz
         last = self._tick if t_s is None else min(self._tick, int(np.floor(t_s * control + 1e-9)))
         ticks = np.arange(self._pose_read, last + 1)
         self._pose_read = max(self._pose_read, last + 1)
         poses = np.asarray(self._poses[ticks[0] : ticks[-1] + 1]) if ticks.size else np.zeros((0, 7))
-        return ticks * NS_PER_S // control, poses.reshape(-1, 7)
+        return self.start_ns + ticks * NS_PER_S // control, poses.reshape(-1, 7)
 
     @property
     def cameras(self) -> CameraRig:

@@ -1,0 +1,96 @@
+"""Shared lifecycle plumbing of the two nodes: parameters, auto start-up, status state, QoS profiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+from insertion_vla_ros.parameters import ParamSpec, declare_parameters, make_set_parameters_validator
+
+LATCHED_QOS = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+"""VLFeatures: reliable + transient local, depth 1, so a late subscriber gets the newest features."""
+
+RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def input_qos(kind: str, depth: int) -> QoSProfile:
+    """Subscription QoS: ``sensor_data`` (best effort, receives from any publisher) or ``reliable``."""
+    if kind == "sensor_data":
+        return QoSProfile(
+            depth=depth,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=qos_profile_sensor_data.reliability,
+            durability=qos_profile_sensor_data.durability,
+        )
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class ManagedNode(LifecycleNode):
+    """A ``LifecycleNode`` whose parameters come from ``ParamSpec``s and that can start itself."""
+
+    def __init__(self, node_name: str, specs: list[ParamSpec], **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.param_specs = specs
+        self.params = declare_parameters(self, specs)
+        validator = make_set_parameters_validator(specs)
+        has_post_set = hasattr(self, "add_post_set_parameters_callback")  # Iron and newer
+
+        def on_set(parameters: list[Any]) -> Any:
+            result = validator(parameters)
+            if result.successful and not has_post_set:  # Humble: apply on acceptance
+                self._after_set_parameters(parameters)
+            return result
+
+        self.add_on_set_parameters_callback(on_set)
+        if has_post_set:
+            self.add_post_set_parameters_callback(self._after_set_parameters)
+        self.is_active = False
+
+    @property
+    def autostart(self) -> bool:
+        """Whether ``main`` configures and activates the node by itself (``autostart`` parameter)."""
+        return bool(self.params.get("autostart", False))
+
+    def _after_set_parameters(self, parameters: list[Any]) -> None:
+        for parameter in parameters:
+            if parameter.name in self.params:
+                self.params[parameter.name] = parameter.value
+                self.on_parameter_changed(parameter.name, parameter.value)
+
+    def on_parameter_changed(self, name: str, value: Any) -> None:
+        """Hook for subclasses: a dynamic parameter changed at run time."""
+
+    def start_up(self) -> bool:
+        """Configure and activate (the ``autostart`` path); True when the node is active."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def stop_workers(self) -> None:
+        """Stop background threads before the process exits (subclasses override)."""
+
+    # Lifecycle publishers are enabled/disabled by the base class: always call super() (DESIGN.md).
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Enable publishing."""
+        result = super().on_activate(state)
+        if result == TransitionCallbackReturn.SUCCESS:
+            self.is_active = True
+        return result
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Stop publishing."""
+        self.is_active = False
+        return super().on_deactivate(state)

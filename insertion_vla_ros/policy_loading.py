@@ -1,0 +1,31 @@
+"""Checkpoint checks and policy loading for the nodes (clear errors naming the ``checkpoint`` parameter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def checkpoint_info(path: str) -> dict[str, Any]:
+    """``config.json`` of the checkpoint at ``path``; raises ``CheckpointError`` (a ``ValueError``) if unusable."""
+    from models.checkpoint import CheckpointError, read_checkpoint_info
+
+    if not path:
+        raise CheckpointError(
+            "parameter 'checkpoint' is empty: give the policy checkpoint directory "
+            "(YAML, `-p checkpoint:=DIR`, or the launch/bringup `checkpoint` argument)"
+        )
+    try:
+        return read_checkpoint_info(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"parameter 'checkpoint': {error}") from None
+
+
+def load_policy(path: str, *, device: str, load_vlm: bool, torch_threads: int = 0) -> Any:
+    """Load the ``AsyncVLAPolicy`` in eval mode (the VLM only when ``load_vlm``)."""
+    import torch
+
+    from models.checkpoint import load_checkpoint
+
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    return load_checkpoint(path, device=device, load_vlm=load_vlm).eval()

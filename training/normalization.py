@@ -1,0 +1,68 @@
+"""Normalisation statistics from the training episodes (sensor per channel, actions per dimension)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from training.alignment import target_chunk
+from training.dataset import EpisodeData
+
+
+class _Moments:
+    """Streaming mean/std in float64."""
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.total = np.zeros(dim)
+        self.total_sq = np.zeros(dim)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        self.n += rows.shape[0]
+        self.total += rows.sum(axis=0)
+        self.total_sq += (rows**2).sum(axis=0)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            raise ValueError("no data to compute normalisation statistics from")
+        mean = self.total / self.n
+        std = np.sqrt(np.maximum(self.total_sq / self.n - mean**2, 0.0))
+        return mean.astype(np.float32), std.astype(np.float32)
+
+
+def compute_normalization(
+    episodes: Sequence[EpisodeData], max_sensor_rows: int = 200_000, max_ticks: int = 20_000, chunk: int = 8192
+) -> dict[str, np.ndarray]:
+    """``sensor_mean/std`` ``[C]`` over sensor samples, ``action_mean/std`` ``[D]`` over valid target steps.
+
+    Large datasets are subsampled with a fixed stride (deterministic). Zero-variance dimensions (e.g. a
+    constant gripper) get std 1 so normalisation leaves them unscaled.
+    """
+    total_rows = sum(ep.sensor.shape[0] for ep in episodes)
+    row_stride = max(1, total_rows // max_sensor_rows)
+    sensor = _Moments(episodes[0].num_channels)
+    for ep in episodes:
+        for start in range(0, ep.sensor.shape[0], chunk * row_stride):
+            sensor.add(ep.sensor[start : start + chunk * row_stride : row_stride])
+    total_ticks = sum(ep.num_ticks for ep in episodes)
+    tick_stride = max(1, total_ticks // max_ticks)
+    actions = None
+    for ep in episodes:
+        cfg = ep.config
+        for tick in range(0, ep.num_ticks, tick_stride):
+            chunk_actions, mask = target_chunk(ep.pose_stamps_ns, ep.pose, ep.timeline.tick_ns(tick), cfg.horizon, cfg.dt_ns)
+            if actions is None:
+                actions = _Moments(chunk_actions.shape[1])
+            actions.add(chunk_actions[mask])
+    if actions is None:
+        raise ValueError("the training episodes have no ticks")
+    sensor_mean, sensor_std = sensor.result()
+    action_mean, action_std = actions.result()
+    return {
+        "sensor_mean": sensor_mean,
+        "sensor_std": np.where(sensor_std > 1e-6, sensor_std, 1.0).astype(np.float32),
+        "action_mean": action_mean,
+        "action_std": np.where(action_std > 1e-6, action_std, 1.0).astype(np.float32),
+    }
