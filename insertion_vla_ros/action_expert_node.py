@@ -60,45 +60,115 @@ INF = float("inf")
 PARAMETERS: list[ParamSpec] = [
     ParamSpec("checkpoint", "", "Policy checkpoint directory (models.checkpoint layout).", read_only=True),
     ParamSpec("device", "cpu", "Torch device of the action expert, e.g. cpu or cuda:0.", read_only=True),
-    ParamSpec("torch_threads", 1, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256),
-    ParamSpec("action_period_s", 0.1, "Tick period of the action expert, s (ROS clock).", read_only=True,
-              minimum=0.001, maximum=10.0),
+    ParamSpec(
+        "torch_threads", 1, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256
+    ),
+    ParamSpec(
+        "action_period_s",
+        0.1,
+        "Tick period of the action expert, s (ROS clock).",
+        read_only=True,
+        minimum=0.001,
+        maximum=10.0,
+    ),
     ParamSpec("sensor_topic", "/needle_sensor/samples", "SensorSamples input topic.", read_only=True),
-    ParamSpec("sensor_qos", "sensor_data", "Sensor subscription QoS (sensor_data = best effort).",
-              read_only=True, choices=("sensor_data", "reliable")),
-    ParamSpec("sensor_queue_depth", 1000, "Sensor subscription queue depth in messages (650 Hz needs a deep "
-              "queue: the sensor_data default of 5 is 8 ms).", read_only=True, minimum=10, maximum=100000),
-    ParamSpec("sensor_buffer_s", 2.0, "Seconds of samples kept in the ring buffer.", read_only=True,
-              minimum=0.2, maximum=60.0),
-    ParamSpec("sensor_max_age_s", 0.1, "HOLD when the window's newest sample is older than this at the "
-              "tick, s.", minimum=0.0, maximum=10.0),
-    ParamSpec("sensor_gap_tolerance_samples", 0, "Missing samples a window may span before HOLD.",
-              minimum=0, maximum=64),
+    ParamSpec(
+        "sensor_qos",
+        "sensor_data",
+        "Sensor subscription QoS (sensor_data = best effort).",
+        read_only=True,
+        choices=("sensor_data", "reliable"),
+    ),
+    ParamSpec(
+        "sensor_queue_depth",
+        1000,
+        "Sensor subscription queue depth in messages (650 Hz needs a deep "
+        "queue: the sensor_data default of 5 is 8 ms).",
+        read_only=True,
+        minimum=10,
+        maximum=100000,
+    ),
+    ParamSpec(
+        "sensor_buffer_s",
+        2.0,
+        "Seconds of samples kept in the ring buffer.",
+        read_only=True,
+        minimum=0.2,
+        maximum=60.0,
+    ),
+    ParamSpec(
+        "sensor_max_age_s",
+        0.1,
+        "HOLD when the window's newest sample is older than this at the tick, s.",
+        minimum=0.0,
+        maximum=10.0,
+    ),
+    ParamSpec(
+        "sensor_gap_tolerance_samples",
+        0,
+        "Missing samples a window may span before HOLD.",
+        minimum=0,
+        maximum=64,
+    ),
     ParamSpec("features_topic", "/vla/vl_features", "VLFeatures input topic (latched).", read_only=True),
-    ParamSpec("vl_max_age_s", 0.0, "HOLD when the VL features are older than this at the tick, s "
-              "(0: the checkpoint's action_expert.max_age_s).", minimum=0.0, maximum=600.0),
-    ParamSpec("check_fingerprint", True, "HOLD on VLFeatures from a model other than the checkpoint's.",
-              read_only=True),
+    ParamSpec(
+        "vl_max_age_s",
+        0.0,
+        "HOLD when the VL features are older than this at the tick, s "
+        "(0: the checkpoint's action_expert.max_age_s).",
+        minimum=0.0,
+        maximum=600.0,
+    ),
+    ParamSpec(
+        "check_fingerprint",
+        True,
+        "HOLD on VLFeatures from a model other than the checkpoint's.",
+        read_only=True,
+    ),
     ParamSpec("chunk_topic", "/vla/action_chunk", "ActionChunk output topic.", read_only=True),
-    ParamSpec("frame_id", "base", "Frame of the action deltas (header.frame_id of all outputs).",
-              read_only=True),
-    ParamSpec("step_limits", [2.0, 2.0, 2.0, 0.05, 0.05, 0.05, 1.0], "Largest |value| per action "
-              "dimension per step (mm, rad, gripper).", read_only=True, minimum=1e-9),
-    ParamSpec("rate_limits", [0.5, 0.5, 0.5, 0.02, 0.02, 0.02, 1.0], "Largest change per dimension between "
-              "consecutive steps and chunks.", read_only=True, minimum=1e-9),
-    ParamSpec("output_twist", False, "Also publish geometry_msgs/TwistStamped (the chunk's first step as a "
-              "velocity) every tick.", read_only=True),
+    ParamSpec(
+        "frame_id", "base", "Frame of the action deltas (header.frame_id of all outputs).", read_only=True
+    ),
+    ParamSpec(
+        "step_limits",
+        [2.0, 2.0, 2.0, 0.05, 0.05, 0.05, 1.0],
+        "Largest |value| per action dimension per step (mm, rad, gripper).",
+        read_only=True,
+        minimum=1e-9,
+    ),
+    ParamSpec(
+        "rate_limits",
+        [0.5, 0.5, 0.5, 0.02, 0.02, 0.02, 1.0],
+        "Largest change per dimension between consecutive steps and chunks.",
+        read_only=True,
+        minimum=1e-9,
+    ),
+    ParamSpec(
+        "output_twist",
+        False,
+        "Also publish geometry_msgs/TwistStamped (the chunk's first step as a velocity) every tick.",
+        read_only=True,
+    ),
     ParamSpec("twist_topic", "/vla/servo_twist", "TwistStamped output topic.", read_only=True),
-    ParamSpec("output_trajectory", False, "Also publish trajectory_msgs/MultiDOFJointTrajectory per chunk.",
-              read_only=True),
+    ParamSpec(
+        "output_trajectory",
+        False,
+        "Also publish trajectory_msgs/MultiDOFJointTrajectory per chunk.",
+        read_only=True,
+    ),
     ParamSpec("trajectory_topic", "/vla/trajectory", "MultiDOFJointTrajectory output topic.", read_only=True),
     ParamSpec("trajectory_joint_name", "needle_tip", "Joint (tool) name in the trajectory.", read_only=True),
-    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True,
-              minimum=0.05, maximum=60.0),
+    ParamSpec(
+        "diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True, minimum=0.05, maximum=60.0
+    ),
     ParamSpec("status_period_s", 0.2, "Period of ~/status, s.", read_only=True, minimum=0.01, maximum=60.0),
     ParamSpec("hardware_id", "insertion_vla_action_expert", "diagnostic hardware_id.", read_only=True),
-    ParamSpec("autostart", False, "Configure and activate at start-up (demo); on a robot the operator "
-              "activates.", read_only=True),
+    ParamSpec(
+        "autostart",
+        False,
+        "Configure and activate at start-up (demo); on a robot the operator activates.",
+        read_only=True,
+    ),
 ]
 
 
@@ -121,19 +191,24 @@ class ActionExpertNode(ManagedNode):
         dims = len(self.action_names)
         for name in ("step_limits", "rate_limits"):
             if len(p[name]) != dims:
-                raise ValueError(f"parameter '{name}': needs {dims} values (one per action {self.action_names}), "
-                                 f"got {len(p[name])}")
+                raise ValueError(
+                    f"parameter '{name}': needs {dims} values (one per action {self.action_names}), "
+                    f"got {len(p[name])}"
+                )
         model_config = self.checkpoint_info["model_config"]
         self.window_length = int(self.checkpoint_info.get("sensor_window", model_config["sensor"]["window"]))
         self.channels = int(self.checkpoint_info.get("sensor_channels", model_config["sensor"]["channels"]))
         self.sample_rate_hz = float(model_config["sensor"]["sample_rate_hz"])
         self.horizon = int(self.checkpoint_info.get("horizon", model_config["action_expert"]["horizon"]))
-        self.expected_fingerprint = str(self.checkpoint_info["fingerprint"]) if p["check_fingerprint"] else None
+        self.expected_fingerprint = (
+            str(self.checkpoint_info["fingerprint"]) if p["check_fingerprint"] else None
+        )
         self.checkpoint_max_age_s = float(model_config["action_expert"].get("max_age_s", 3.4))
         self.period_ns = int(round(p["action_period_s"] * NS_PER_S))
         self.policy: Any = None
-        self.buffer = SensorRingBuffer(int(p["sensor_buffer_s"] * self.sample_rate_hz), self.channels,
-                                       self.sample_rate_hz)
+        self.buffer = SensorRingBuffer(
+            int(p["sensor_buffer_s"] * self.sample_rate_hz), self.channels, self.sample_rate_hz
+        )
         self.safety = SafetyLimiter(p["step_limits"], p["rate_limits"])
         self.tracker = HoldTracker()
         self.tick_monitor = FrequencyMonitor(1.0 / p["action_period_s"], tolerance=0.1, window_s=5.0)
@@ -158,7 +233,9 @@ class ActionExpertNode(ManagedNode):
         self._trajectory_pub = None
         monitor_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics_pub = self.create_publisher(
-            _diagnostic_array_type(), "/diagnostics", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            _diagnostic_array_type(),
+            "/diagnostics",
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
         )
         self.status_pub = self.create_publisher(interfaces.ControllerStatus, "~/status", 10)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=monitor_group)
@@ -175,8 +252,9 @@ class ActionExpertNode(ManagedNode):
         """Load the policy (no VLM), warm it up, create subscriptions, publishers and the tick timer."""
         p = self.params
         try:
-            self.policy = load_policy(p["checkpoint"], device=p["device"], load_vlm=False,
-                                      torch_threads=p["torch_threads"])
+            self.policy = load_policy(
+                p["checkpoint"], device=p["device"], load_vlm=False, torch_threads=p["torch_threads"]
+            )
             self._warm_up()
         except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
             self.last_error = f"cannot load the policy: {error}"
@@ -187,15 +265,27 @@ class ActionExpertNode(ManagedNode):
         sensor_group = MutuallyExclusiveCallbackGroup()
         features_group = MutuallyExclusiveCallbackGroup()
         tick_group = MutuallyExclusiveCallbackGroup()  # the tick never waits for another callback
-        self._subscriptions.append(self.create_subscription(
-            interfaces.SensorSamples, p["sensor_topic"], self._on_sensor,
-            input_qos(p["sensor_qos"], p["sensor_queue_depth"]), callback_group=sensor_group,
-        ))
-        self._subscriptions.append(self.create_subscription(
-            interfaces.VLFeatures, p["features_topic"], self._on_features, LATCHED_QOS,
-            callback_group=features_group,
-        ))
-        self._chunk_pub = self.create_lifecycle_publisher(interfaces.ActionChunk, p["chunk_topic"], RELIABLE_QOS)
+        self._subscriptions.append(
+            self.create_subscription(
+                interfaces.SensorSamples,
+                p["sensor_topic"],
+                self._on_sensor,
+                input_qos(p["sensor_qos"], p["sensor_queue_depth"]),
+                callback_group=sensor_group,
+            )
+        )
+        self._subscriptions.append(
+            self.create_subscription(
+                interfaces.VLFeatures,
+                p["features_topic"],
+                self._on_features,
+                LATCHED_QOS,
+                callback_group=features_group,
+            )
+        )
+        self._chunk_pub = self.create_lifecycle_publisher(
+            interfaces.ActionChunk, p["chunk_topic"], RELIABLE_QOS
+        )
         if p["output_twist"]:
             from geometry_msgs.msg import TwistStamped
 
@@ -221,9 +311,14 @@ class ActionExpertNode(ManagedNode):
         with self._tick_lock:  # waits for a tick in progress; no tick publishes after this
             self.is_active = False
             stamp_ns = self.get_clock().now().nanoseconds
-            self._publish_outputs(stamp_ns, np.zeros((self.horizon, len(self.action_names)), np.float32),
-                                  Decision(ChunkStatus.HOLD, "deactivated: the node was deactivated"),
-                                  vl_sequence=0, latency=0.0, clipped=0)
+            self._publish_outputs(
+                stamp_ns,
+                np.zeros((self.horizon, len(self.action_names)), np.float32),
+                Decision(ChunkStatus.HOLD, "deactivated: the node was deactivated"),
+                vl_sequence=0,
+                latency=0.0,
+                clipped=0,
+            )
             self.safety.reset()
         return super().on_deactivate(state)
 
@@ -233,7 +328,7 @@ class ActionExpertNode(ManagedNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        """Same as cleanup, from any state."""
+        """Clean up the same way, from any state."""
         self.is_active = False
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
@@ -276,7 +371,9 @@ class ActionExpertNode(ManagedNode):
         info = FeatureInfo(int(msg.sequence), stamp_to_ns(msg.header.stamp), str(msg.model_fingerprint))
         encoded = None
         policy = self.policy
-        if policy is not None and (self.expected_fingerprint is None or info.fingerprint == self.expected_fingerprint):
+        if policy is not None and (
+            self.expected_fingerprint is None or info.fingerprint == self.expected_fingerprint
+        ):
             try:  # once per feature message; every tick reuses the resampled latents
                 encoded = policy.encode_vl_features(np.array(vl_features_from_msg(msg), dtype=np.float32))
             except ValueError as error:
@@ -304,19 +401,25 @@ class ActionExpertNode(ManagedNode):
             self._account_tick(tick_ns)
             p = self.params
             window = self.buffer.window(
-                tick_ns, self.window_length, max_age_ns=int(p["sensor_max_age_s"] * NS_PER_S),
+                tick_ns,
+                self.window_length,
+                max_age_ns=int(p["sensor_max_age_s"] * NS_PER_S),
                 gap_tolerance_samples=int(p["sensor_gap_tolerance_samples"]),
             )
             entry = self._select_features(tick_ns)
             decision = check_inputs(
-                tick_ns, None if entry is None else entry.info, expected_fingerprint=self.expected_fingerprint,
-                max_age_ns=self.vl_max_age_ns, window_problem=window.problem,
+                tick_ns,
+                None if entry is None else entry.info,
+                expected_fingerprint=self.expected_fingerprint,
+                max_age_ns=self.vl_max_age_ns,
+                window_problem=window.problem,
             )
             actions = np.zeros((self.horizon, len(self.action_names)), np.float32)
             latency, clipped = 0.0, 0
             if decision.ok and (entry is None or entry.encoded is None):
-                decision = Decision(ChunkStatus.HOLD, "vl_features_invalid: features could not be decoded",
-                                    decision.vl_age_s)
+                decision = Decision(
+                    ChunkStatus.HOLD, "vl_features_invalid: features could not be decoded", decision.vl_age_s
+                )
             if decision.ok:
                 started = time.perf_counter()
                 raw = self.policy.predict_actions(entry.encoded, window.samples, decision.vl_age_s)
@@ -329,8 +432,14 @@ class ActionExpertNode(ManagedNode):
             if not decision.ok:
                 self.safety.reset()  # the robot holds: the next motion ramps up from rest
             self.last_latency_s = latency if decision.ok else self.last_latency_s
-            self._publish_outputs(tick_ns, actions, decision, vl_sequence=0 if entry is None else entry.info.sequence,
-                                  latency=latency, clipped=clipped)
+            self._publish_outputs(
+                tick_ns,
+                actions,
+                decision,
+                vl_sequence=0 if entry is None else entry.info.sequence,
+                latency=latency,
+                clipped=clipped,
+            )
 
     def _account_tick(self, tick_ns: int) -> None:
         self.tick_monitor.tick(tick_ns)
@@ -342,7 +451,13 @@ class ActionExpertNode(ManagedNode):
         self.last_tick_ns = tick_ns
 
     def _publish_outputs(
-        self, stamp_ns: int, actions: np.ndarray, decision: Decision, *, vl_sequence: int, latency: float,
+        self,
+        stamp_ns: int,
+        actions: np.ndarray,
+        decision: Decision,
+        *,
+        vl_sequence: int,
+        latency: float,
         clipped: int,
     ) -> None:
         if self.tracker.update(decision):
@@ -355,20 +470,37 @@ class ActionExpertNode(ManagedNode):
             return
         p = self.params
         dt = float(p["action_period_s"])
-        self._chunk_pub.publish(action_chunk_to_msg(
-            actions, stamp_ns=stamp_ns, sequence=self.sequence, vl_sequence=vl_sequence,
-            vl_age_s=decision.vl_age_s if np.isfinite(decision.vl_age_s) else 0.0, inference_time_s=latency,
-            step_dt_s=dt, action_names=self.action_names, status=int(decision.status),
-            status_reason=decision.reason, safety_clipped=clipped, frame_id=p["frame_id"],
-        ))
+        self._chunk_pub.publish(
+            action_chunk_to_msg(
+                actions,
+                stamp_ns=stamp_ns,
+                sequence=self.sequence,
+                vl_sequence=vl_sequence,
+                vl_age_s=decision.vl_age_s if np.isfinite(decision.vl_age_s) else 0.0,
+                inference_time_s=latency,
+                step_dt_s=dt,
+                action_names=self.action_names,
+                status=int(decision.status),
+                status_reason=decision.reason,
+                safety_clipped=clipped,
+                frame_id=p["frame_id"],
+            )
+        )
         self.sequence += 1
         if self._twist_pub is not None:
-            self._twist_pub.publish(twist_msg(actions[0], step_dt_s=dt, stamp_ns=stamp_ns, frame_id=p["frame_id"]))
+            self._twist_pub.publish(
+                twist_msg(actions[0], step_dt_s=dt, stamp_ns=stamp_ns, frame_id=p["frame_id"])
+            )
         if self._trajectory_pub is not None:
-            self._trajectory_pub.publish(trajectory_msg(
-                actions, step_dt_s=dt, stamp_ns=stamp_ns, frame_id=p["frame_id"],
-                joint_name=p["trajectory_joint_name"],
-            ))
+            self._trajectory_pub.publish(
+                trajectory_msg(
+                    actions,
+                    step_dt_s=dt,
+                    stamp_ns=stamp_ns,
+                    frame_id=p["frame_id"],
+                    joint_name=p["trajectory_joint_name"],
+                )
+            )
 
     # ----------------------------------------------------------------------------------------- monitoring
     def _state_and_reason(self) -> tuple[int, str]:
@@ -399,14 +531,22 @@ class ActionExpertNode(ManagedNode):
         self._update_sensor_rate(now_ns)
         state, reason = self._state_and_reason()
         decision = self.last_decision
-        self.status_pub.publish(controller_status_to_msg(
-            now_ns, self.get_name(),
-            vl_feature_age_s=decision.vl_age_s if decision is not None else float("nan"),
-            action_latency_s=self.last_latency_s, tick_period_s=self.tick_period_s,
-            sensor_rate_hz=self.sensor_rate_hz, missed_ticks=self.missed_ticks,
-            dropped_samples=self.buffer.stats.dropped_samples, hold_count=self.tracker.hold_count,
-            safety_clipped=self.safety.total_clipped, state=state, state_reason=reason,
-        ))
+        self.status_pub.publish(
+            controller_status_to_msg(
+                now_ns,
+                self.get_name(),
+                vl_feature_age_s=decision.vl_age_s if decision is not None else float("nan"),
+                action_latency_s=self.last_latency_s,
+                tick_period_s=self.tick_period_s,
+                sensor_rate_hz=self.sensor_rate_hz,
+                missed_ticks=self.missed_ticks,
+                dropped_samples=self.buffer.stats.dropped_samples,
+                hold_count=self.tracker.hold_count,
+                safety_clipped=self.safety.total_clipped,
+                state=state,
+                state_reason=reason,
+            )
+        )
 
     def _publish_diagnostics(self) -> None:
         now_ns = self.get_clock().now().nanoseconds
@@ -416,11 +556,15 @@ class ActionExpertNode(ManagedNode):
             loop = self.tick_monitor.report(f"{prefix}: control loop", now_ns)
         else:
             loop = TaskStatus(f"{prefix}: control loop", Level.OK, reason)
-        loop.values.update({
-            "chunks published": self.sequence, "missed ticks": self.missed_ticks,
-            "last inference (s)": self.last_latency_s, "holds": self.tracker.hold_count,
-            "state": reason or "running",
-        })
+        loop.values.update(
+            {
+                "chunks published": self.sequence,
+                "missed ticks": self.missed_ticks,
+                "last inference (s)": self.last_latency_s,
+                "holds": self.tracker.hold_count,
+                "state": reason or "running",
+            }
+        )
         for code, count in sorted(self.tracker.counts_by_code.items()):
             loop.values[f"holds: {code}"] = count
         if self.is_active and state == interfaces.ControllerStatus.STATE_HOLD:
@@ -428,32 +572,54 @@ class ActionExpertNode(ManagedNode):
         elif self.is_active and state == interfaces.ControllerStatus.STATE_WAITING:
             loop.merge(Level.WARN, reason)
         stats = self.buffer.stats
-        sensor = TaskStatus(f"{prefix}: sensor", Level.OK, "OK", {
-            "Actual frequency (Hz)": self.sensor_rate_hz, "Target frequency (Hz)": self.sample_rate_hz,
-            "messages": stats.messages, "samples": stats.samples, "gap samples": stats.gap_samples,
-            "out of order samples": stats.out_of_order_samples, "non-finite samples": stats.nonfinite_samples,
-            "bad messages": self.sensor_bad_messages,
-        })
+        sensor = TaskStatus(
+            f"{prefix}: sensor",
+            Level.OK,
+            "OK",
+            {
+                "Actual frequency (Hz)": self.sensor_rate_hz,
+                "Target frequency (Hz)": self.sample_rate_hz,
+                "messages": stats.messages,
+                "samples": stats.samples,
+                "gap samples": stats.gap_samples,
+                "out of order samples": stats.out_of_order_samples,
+                "non-finite samples": stats.nonfinite_samples,
+                "bad messages": self.sensor_bad_messages,
+            },
+        )
         if self.is_active and stats.samples == 0:
             sensor.merge(Level.ERROR, "no sensor samples received")
         elif stats.dropped_samples or self.sensor_bad_messages:
             sensor.merge(Level.WARN, f"{stats.dropped_samples} samples lost or out of order")
         entry = self.features[-1] if self.features else None
-        features = TaskStatus(f"{prefix}: vl features", Level.OK, "OK", {
-            "received": self.features_received, "rejected": self.features_rejected,
-            "last sequence": entry.info.sequence if entry else -1,
-            "age at last tick (s)": self.last_decision.vl_age_s if self.last_decision else float("nan"),
-            "max age (s)": self.vl_max_age_ns / NS_PER_S,
-            "expected fingerprint": self.expected_fingerprint or "(not checked)",
-        })
+        features = TaskStatus(
+            f"{prefix}: vl features",
+            Level.OK,
+            "OK",
+            {
+                "received": self.features_received,
+                "rejected": self.features_rejected,
+                "last sequence": entry.info.sequence if entry else -1,
+                "age at last tick (s)": self.last_decision.vl_age_s if self.last_decision else float("nan"),
+                "max age (s)": self.vl_max_age_ns / NS_PER_S,
+                "expected fingerprint": self.expected_fingerprint or "(not checked)",
+            },
+        )
         if self.last_error:
             features.values["last error"] = self.last_error
         if self.is_active and entry is None:
             features.merge(Level.WARN, "no VLFeatures received yet")
-        safety = TaskStatus(f"{prefix}: safety", Level.OK, "OK", {
-            "values clipped": self.safety.total_clipped, "chunks clipped": self.safety.chunks_clipped,
-            "step limits": list(self.params["step_limits"]), "rate limits": list(self.params["rate_limits"]),
-        })
+        safety = TaskStatus(
+            f"{prefix}: safety",
+            Level.OK,
+            "OK",
+            {
+                "values clipped": self.safety.total_clipped,
+                "chunks clipped": self.safety.chunks_clipped,
+                "step limits": list(self.params["step_limits"]),
+                "rate limits": list(self.params["rate_limits"]),
+            },
+        )
         if self.safety.total_clipped:
             safety.merge(Level.WARN, f"{self.safety.total_clipped} action values clipped so far")
         self.diagnostics_pub.publish(

@@ -46,7 +46,7 @@ class TaskStatus:
 
 
 class FrequencyMonitor:
-    """Counts events and reports their rate over a sliding window, like ``diagnostic_updater.FrequencyStatus``.
+    """Counts events and reports their rate over a window, like ``diagnostic_updater.FrequencyStatus``.
 
     ``tick(now_ns)`` is cheap (append under a lock); ``report`` runs in the 1 Hz diagnostics callback.
     """
@@ -77,7 +77,7 @@ class FrequencyMonitor:
         return ((len(events) - 1) / duration if duration > 0 else 0.0), len(events), duration
 
     def report(self, name: str, now_ns: int) -> TaskStatus:
-        """A task status with FrequencyStatus' key-values; WARN when outside target +/- tolerance."""
+        """Build a task status with FrequencyStatus' key-values; WARN outside target +/- tolerance."""
         hz, count, duration = self.frequency(now_ns)
         low, high = self.target_hz * (1 - self.tolerance), self.target_hz * (1 + self.tolerance)
         if count < 2:

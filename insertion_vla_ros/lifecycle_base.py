@@ -71,7 +71,7 @@ class ManagedNode(LifecycleNode):
                 self.on_parameter_changed(parameter.name, parameter.value)
 
     def on_parameter_changed(self, name: str, value: Any) -> None:
-        """Hook for subclasses: a dynamic parameter changed at run time."""
+        """React to a dynamic parameter changed at run time (hook for subclasses)."""
 
     def start_up(self) -> bool:
         """Configure and activate (the ``autostart`` path); True when the node is active."""

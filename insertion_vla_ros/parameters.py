@@ -57,11 +57,15 @@ class ParamSpec:
     def check(self, value: Any) -> None:
         """Raise :class:`ParameterError` if ``value`` breaks a constraint of this spec."""
         if self.choices is not None and value not in self.choices:
-            raise ParameterError(f"parameter '{self.name}': {value!r} is not one of {', '.join(self.choices)}")
+            raise ParameterError(
+                f"parameter '{self.name}': {value!r} is not one of {', '.join(self.choices)}"
+            )
         if isinstance(self.default, (list, tuple)):
             values = list(value)
             if self.length is not None and len(values) != self.length:
-                raise ParameterError(f"parameter '{self.name}': needs {self.length} values, got {len(values)}")
+                raise ParameterError(
+                    f"parameter '{self.name}': needs {self.length} values, got {len(values)}"
+                )
             if not values and not self.allow_empty:
                 raise ParameterError(f"parameter '{self.name}': must not be empty")
             items = values
@@ -72,13 +76,17 @@ class ParamSpec:
                 raise ParameterError(f"parameter '{self.name}': NaN is not allowed")
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 if self.minimum is not None and item < self.minimum:
-                    raise ParameterError(f"parameter '{self.name}': {item} is below the minimum {self.minimum}")
+                    raise ParameterError(
+                        f"parameter '{self.name}': {item} is below the minimum {self.minimum}"
+                    )
                 if self.maximum is not None and item > self.maximum:
-                    raise ParameterError(f"parameter '{self.name}': {item} is above the maximum {self.maximum}")
+                    raise ParameterError(
+                        f"parameter '{self.name}': {item} is above the maximum {self.maximum}"
+                    )
 
 
 def descriptor_for(spec: ParamSpec) -> Any:
-    """The ``rcl_interfaces/ParameterDescriptor`` of ``spec`` (with a ROS range for numeric scalars)."""
+    """Build the ``rcl_interfaces/ParameterDescriptor`` of ``spec`` (ROS range for numeric scalars)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
     descriptor = ParameterDescriptor(
@@ -130,7 +138,7 @@ def _type_hint(spec: ParamSpec, error: Exception) -> str:
 def make_set_parameters_validator(
     specs: Sequence[ParamSpec], extra: Callable[[dict[str, Any]], None] | None = None
 ) -> Callable[[list[Any]], Any]:
-    """An ``add_on_set_parameters_callback`` callback that applies the specs' checks to run-time changes.
+    """Build an ``add_on_set_parameters_callback`` callback applying the specs' checks at run time.
 
     ``extra`` gets ``{name: new value}`` and may raise :class:`ParameterError` for cross-parameter checks.
     """

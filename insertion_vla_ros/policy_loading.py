@@ -6,7 +6,7 @@ from typing import Any
 
 
 def checkpoint_info(path: str) -> dict[str, Any]:
-    """``config.json`` of the checkpoint at ``path``; raises ``CheckpointError`` (a ``ValueError``) if unusable."""
+    """Read ``config.json`` of the checkpoint at ``path``; raise ``CheckpointError`` if unusable."""
     from models.checkpoint import CheckpointError, read_checkpoint_info
 
     if not path:

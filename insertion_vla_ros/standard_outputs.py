@@ -65,7 +65,12 @@ def trajectory_msg(
             float(v) for v in pose[0:3] / MM_PER_M
         )
         qx, qy, qz, qw = (float(v) for v in rotvec_to_quaternion(pose[3:6]))
-        transform.rotation.x, transform.rotation.y, transform.rotation.z, transform.rotation.w = qx, qy, qz, qw
+        transform.rotation.x, transform.rotation.y, transform.rotation.z, transform.rotation.w = (
+            qx,
+            qy,
+            qz,
+            qw,
+        )
         linear, angular = step_twist(step, step_dt_s)
         velocity = Twist()
         velocity.linear.x, velocity.linear.y, velocity.linear.z = (float(v) for v in linear)

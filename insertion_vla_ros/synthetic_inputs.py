@@ -28,14 +28,20 @@ DEFAULT_CAMERAS = ("view1", "view2", "view3", "view4", "view5")
 
 PARAMETERS = [
     ParamSpec("camera_names", list(DEFAULT_CAMERAS), "Cameras to publish.", read_only=True),
-    ParamSpec("camera_rate_hz", 10.0, "Frame rate of every camera.", read_only=True, minimum=0.1, maximum=200.0),
+    ParamSpec(
+        "camera_rate_hz", 10.0, "Frame rate of every camera.", read_only=True, minimum=0.1, maximum=200.0
+    ),
     ParamSpec("image_size", 112, "Square image side, pixels.", read_only=True, minimum=8, maximum=4096),
     ParamSpec("stopped_cameras", "", "Comma-separated cameras that publish nothing (dynamic)."),
     ParamSpec("sensor_topic", "/needle_sensor/samples", "SensorSamples topic.", read_only=True),
     ParamSpec("sensor_rate_hz", 650.0, "Sample rate.", read_only=True, minimum=1.0, maximum=100000.0),
-    ParamSpec("samples_per_message", 13, "Samples batched per message.", read_only=True, minimum=1, maximum=10000),
+    ParamSpec(
+        "samples_per_message", 13, "Samples batched per message.", read_only=True, minimum=1, maximum=10000
+    ),
     ParamSpec("channels", 1026, "Channels per sample.", read_only=True, minimum=1, maximum=100000),
-    ParamSpec("sensor_enabled", True, "Publish sensor samples (dynamic; samples skipped while off are lost)."),
+    ParamSpec(
+        "sensor_enabled", True, "Publish sensor samples (dynamic; samples skipped while off are lost)."
+    ),
     ParamSpec("sensor_nan", False, "Put NaN into channel 0 of every sample (dynamic)."),
 ]
 
@@ -57,9 +63,13 @@ class SyntheticInputs(Node):
             rgb = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
             rgb[:, :, index % 3] = 40 * index  # a different picture per camera
             self.frames[name] = rgb_to_image_msg(rgb, stamp_ns=0, frame_id=name)
-            self.camera_pubs[name] = self.create_publisher(Image, f"/cameras/{name}/image_raw", qos_profile_sensor_data)
+            self.camera_pubs[name] = self.create_publisher(
+                Image, f"/cameras/{name}/image_raw", qos_profile_sensor_data
+            )
         self.sensor_pub = self.create_publisher(
-            interfaces.SensorSamples, p["sensor_topic"], QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+            interfaces.SensorSamples,
+            p["sensor_topic"],
+            QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE),
         )
         self.samples = rng.standard_normal((int(p["sensor_rate_hz"]), int(p["channels"]))).astype(np.float32)
         self.sample_index = 0

@@ -44,10 +44,10 @@ DEFAULT_INSTRUCTION = "Insert the needle into the target."
 PARAMETERS: list[ParamSpec] = [
     ParamSpec("checkpoint", "", "Policy checkpoint directory (models.checkpoint layout).", read_only=True),
     ParamSpec("device", "cpu", "Torch device of the VLM, e.g. cpu or cuda:0.", read_only=True),
-    ParamSpec("torch_threads", 0, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256),
     ParamSpec(
-        "camera_names", list(DEFAULT_CAMERAS), "Camera names in model input order.", read_only=True
+        "torch_threads", 0, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256
     ),
+    ParamSpec("camera_names", list(DEFAULT_CAMERAS), "Camera names in model input order.", read_only=True),
     ParamSpec(
         "camera_topics",
         [f"/cameras/{name}/image_raw" for name in DEFAULT_CAMERAS],
@@ -55,33 +55,75 @@ PARAMETERS: list[ParamSpec] = [
         read_only=True,
     ),
     ParamSpec(
-        "camera_transport", "raw", "sensor_msgs/Image (raw) or CompressedImage (compressed).",
-        read_only=True, choices=("raw", "compressed"),
+        "camera_transport",
+        "raw",
+        "sensor_msgs/Image (raw) or CompressedImage (compressed).",
+        read_only=True,
+        choices=("raw", "compressed"),
     ),
     ParamSpec(
-        "camera_qos", "sensor_data", "Camera subscription QoS (sensor_data = best effort).",
-        read_only=True, choices=("sensor_data", "reliable"),
+        "camera_qos",
+        "sensor_data",
+        "Camera subscription QoS (sensor_data = best effort).",
+        read_only=True,
+        choices=("sensor_data", "reliable"),
     ),
-    ParamSpec("camera_queue_size", 5, "Images kept per camera for set matching.", read_only=True,
-              minimum=1, maximum=100),
-    ParamSpec("camera_slop_s", 0.05, "Largest stamp difference allowed within a camera set, s.",
-              minimum=0.0, maximum=10.0),
-    ParamSpec("camera_max_age_s", 1.0, "Images older than this (ROS time) are not used, s.",
-              minimum=0.001, maximum=600.0),
-    ParamSpec("vlm_period_s", 1.7, "Period between VLM inferences, s (the next starts right after an "
-              "inference that took longer).", read_only=True, minimum=0.001, maximum=600.0),
+    ParamSpec(
+        "camera_queue_size",
+        5,
+        "Images kept per camera for set matching.",
+        read_only=True,
+        minimum=1,
+        maximum=100,
+    ),
+    ParamSpec(
+        "camera_slop_s",
+        0.05,
+        "Largest stamp difference allowed within a camera set, s.",
+        minimum=0.0,
+        maximum=10.0,
+    ),
+    ParamSpec(
+        "camera_max_age_s",
+        1.0,
+        "Images older than this (ROS time) are not used, s.",
+        minimum=0.001,
+        maximum=600.0,
+    ),
+    ParamSpec(
+        "vlm_period_s",
+        1.7,
+        "Period between VLM inferences, s (the next starts right after an inference that took longer).",
+        read_only=True,
+        minimum=0.001,
+        maximum=600.0,
+    ),
     ParamSpec("instruction", DEFAULT_INSTRUCTION, "Task instruction; also settable on instruction_topic."),
-    ParamSpec("instruction_topic", "/vla/instruction", "std_msgs/String topic that changes the instruction.",
-              read_only=True),
+    ParamSpec(
+        "instruction_topic",
+        "/vla/instruction",
+        "std_msgs/String topic that changes the instruction.",
+        read_only=True,
+    ),
     ParamSpec("features_topic", "/vla/vl_features", "VLFeatures output topic (latched).", read_only=True),
-    ParamSpec("inject_latency_s", 0.0, "DEBUG: extra seconds added to every VLM inference (tests, benches).",
-              minimum=0.0, maximum=600.0),
-    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True,
-              minimum=0.05, maximum=60.0),
+    ParamSpec(
+        "inject_latency_s",
+        0.0,
+        "DEBUG: extra seconds added to every VLM inference (tests, benches).",
+        minimum=0.0,
+        maximum=600.0,
+    ),
+    ParamSpec(
+        "diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True, minimum=0.05, maximum=60.0
+    ),
     ParamSpec("status_period_s", 0.5, "Period of ~/status, s.", read_only=True, minimum=0.01, maximum=60.0),
     ParamSpec("hardware_id", "insertion_vla_vlm", "diagnostic hardware_id.", read_only=True),
-    ParamSpec("autostart", False, "Configure and activate at start-up (demo); on a robot the operator "
-              "activates.", read_only=True),
+    ParamSpec(
+        "autostart",
+        False,
+        "Configure and activate at start-up (demo); on a robot the operator activates.",
+        read_only=True,
+    ),
 ]
 
 
@@ -102,13 +144,16 @@ class VlmNode(ManagedNode):
         views = self.checkpoint_info["model_config"]["vlm"].get("num_views")
         if views is not None and int(views) != len(p["camera_names"]):
             raise ValueError(
-                f"parameter 'camera_names': {len(p['camera_names'])} cameras, the checkpoint expects {views} views"
+                f"parameter 'camera_names': {len(p['camera_names'])} cameras, "
+                f"the checkpoint expects {views} views"
             )
         self.instruction = str(p["instruction"])
         self.policy: Any = None
         self.queues = CameraQueues(p["camera_names"], p["camera_queue_size"])
         self.sequence = 0
-        self.feature_monitor = FrequencyMonitor(1.0 / p["vlm_period_s"], tolerance=0.5, window_s=10 * p["vlm_period_s"])
+        self.feature_monitor = FrequencyMonitor(
+            1.0 / p["vlm_period_s"], tolerance=0.5, window_s=10 * p["vlm_period_s"]
+        )
         self.last_selection: CameraSetSelection | None = None
         self.last_used_stamps: dict[str, int] | None = None
         self.last_latency_s = float("nan")
@@ -130,7 +175,9 @@ class VlmNode(ManagedNode):
         self._publisher = None
         monitor_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics_pub = self.create_publisher(
-            _diagnostic_array_type(), "/diagnostics", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            _diagnostic_array_type(),
+            "/diagnostics",
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
         )
         self.status_pub = self.create_publisher(interfaces.ControllerStatus, "~/status", 10)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=monitor_group)
@@ -141,8 +188,9 @@ class VlmNode(ManagedNode):
         """Load the policy with its VLM, warm it up, create the subscriptions and the publisher."""
         p = self.params
         try:
-            self.policy = load_policy(p["checkpoint"], device=p["device"], load_vlm=True,
-                                      torch_threads=p["torch_threads"])
+            self.policy = load_policy(
+                p["checkpoint"], device=p["device"], load_vlm=True, torch_threads=p["torch_threads"]
+            )
             self._warm_up()
         except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
             self.last_error = f"cannot load the policy: {error}"
@@ -164,10 +212,17 @@ class VlmNode(ManagedNode):
         # Two subscriptions: transient local gets a latched instruction, volatile gets plain publishers.
         for durability_qos in (LATCHED_QOS, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)):
             self._subscriptions.append(
-                self.create_subscription(String, p["instruction_topic"], self._on_instruction, durability_qos,
-                                         callback_group=camera_group)
+                self.create_subscription(
+                    String,
+                    p["instruction_topic"],
+                    self._on_instruction,
+                    durability_qos,
+                    callback_group=camera_group,
+                )
             )
-        self._publisher = self.create_lifecycle_publisher(interfaces.VLFeatures, p["features_topic"], LATCHED_QOS)
+        self._publisher = self.create_lifecycle_publisher(
+            interfaces.VLFeatures, p["features_topic"], LATCHED_QOS
+        )
         self._stop.clear()
         self._worker = threading.Thread(target=self._worker_loop, name="vlm_worker", daemon=True)
         self._worker.start()
@@ -180,7 +235,7 @@ class VlmNode(ManagedNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        """Same as cleanup, from any state."""
+        """Clean up the same way, from any state."""
         self.is_active = False
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
@@ -280,7 +335,9 @@ class VlmNode(ManagedNode):
         p = self.params
         now_ns = self.get_clock().now().nanoseconds
         selection = self.queues.select(
-            int(p["camera_slop_s"] * NS_PER_S), now_ns=now_ns, max_age_ns=int(p["camera_max_age_s"] * NS_PER_S)
+            int(p["camera_slop_s"] * NS_PER_S),
+            now_ns=now_ns,
+            max_age_ns=int(p["camera_max_age_s"] * NS_PER_S),
         )
         self.last_selection = selection
         if not selection.ok:
@@ -355,7 +412,9 @@ class VlmNode(ManagedNode):
             self.get_name(),
             vlm_period_s=self.measured_period_s,
             vlm_latency_s=self.last_latency_s,
-            camera_skew_s=(selection.skew_ns / NS_PER_S) if selection is not None and selection.ok else float("nan"),
+            camera_skew_s=(selection.skew_ns / NS_PER_S)
+            if selection is not None and selection.ok
+            else float("nan"),
             state=state,
             state_reason=reason,
         )
@@ -381,8 +440,10 @@ class VlmNode(ManagedNode):
                 cameras.merge(level, selection.reason)
         elif self.is_active:
             cameras.merge(Level.WARN, "no camera set tried yet")
-        features = self.feature_monitor.report(f"{prefix}: vl features", now_ns) if self.is_active else (
-            TaskStatus(f"{prefix}: vl features", Level.OK, "inactive")
+        features = (
+            self.feature_monitor.report(f"{prefix}: vl features", now_ns)
+            if self.is_active
+            else (TaskStatus(f"{prefix}: vl features", Level.OK, "inactive"))
         )
         features.values.update(
             {
@@ -400,7 +461,9 @@ class VlmNode(ManagedNode):
             features.values["last error"] = self.last_error
         if self.is_active and self.sequence == 0 and selection is not None and selection.ok:
             features.merge(Level.WARN, "no features published yet")
-        self.diagnostics_pub.publish(diagnostic_array(now_ns, self.params["hardware_id"], [cameras, features]))
+        self.diagnostics_pub.publish(
+            diagnostic_array(now_ns, self.params["hardware_id"], [cameras, features])
+        )
 
 
 def _diagnostic_array_type() -> Any:
