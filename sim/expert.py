@@ -75,5 +75,8 @@ class ScriptedExpert:
         actions = np.zeros((horizon, 7))
         for j in range(horizon):
             actions[j] = self.act(pose)
-            pose = apply_delta(pose, actions[j])
+            if np.any(actions[j, 3:6]):
+                pose = apply_delta(pose, actions[j])
+            else:  # translation only: skip the rotation algebra (the expert never rotates from upright)
+                pose = np.concatenate([pose[0:3] + actions[j, 0:3], pose[3:6], actions[j, 6:7]])
         return actions

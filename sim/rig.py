@@ -3,7 +3,7 @@
 Time starts at 0 on every ``reset`` and advances only through :meth:`InsertionRig.apply_action`, in whole
 control ticks (10 ms). Streams are stamped on fixed grids from the episode start: poses at 100 Hz
 (tick ``i`` -> ``start_ns + i * 10 ms``), sensor samples at 650 Hz (sample ``k`` -> ``start_ns +
-floor(k * 1e9 / 650)``), camera frames at their render time. ``start_ns`` (1 s by default) keeps every
+round(k * 1e9 / 650)``), camera frames at their render time. ``start_ns`` (1 s by default) keeps every
 stamp non-zero: a zero header stamp means "unset" in ROS tools.
 Typical loop::
 
@@ -150,7 +150,7 @@ class InsertionRig:
         velocity = (poses[index + 1, 0:3] - poses[index, 0:3]) * control
         depth_rate = -velocity[:, 2]
         samples, _ = self.sensor.sample(k / rate, tips, depth_rate)
-        self._sensor_stamps.append(self.start_ns + k * NS_PER_S // rate)
+        self._sensor_stamps.append(self.start_ns + (2 * k * NS_PER_S + rate) // (2 * rate))  # nearest ns
         self._sensor_samples.append(samples)
         self._next_sample = int(last + 1)
 
@@ -178,7 +178,7 @@ class InsertionRig:
         return stamps[:cut], samples[:cut]
 
     def pose_samples_until(self, t_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return the 100 Hz poses not yet returned up to episode time ``t_s``: (stamps_ns [m], poses [m, 7])."""
+        """Return the 100 Hz poses not yet returned up to episode time ``t_s``: (stamps_ns, poses [m, 7])."""
         self._require_episode()
         control = self.config.robot.control_rate_hz
         last = self._tick if t_s is None else min(self._tick, int(np.floor(t_s * control + 1e-9)))

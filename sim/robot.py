@@ -63,18 +63,25 @@ class Robot:
         if rate > self.config.max_angular_speed_rad_s:
             omega *= self.config.max_angular_speed_rad_s / rate
             limited = True
+        pose = self.pose
+        if rate == 0:  # pure translation: integrate all ticks at once
+            steps = np.arange(1, n + 1)[:, None] * (velocity * dt)[None, :]
+            # From inside the box at constant velocity, clamping the straight path equals clamping per tick.
+            positions = np.clip(pose[0:3] + steps, self._lo, self._hi)
+            limited = limited or not np.allclose(positions, pose[0:3] + steps, rtol=0, atol=1e-12)
+            poses = np.empty((n, 7))
+            poses[:, 0:3] = positions
+            poses[:, 3:6] = pose[3:6]
+            poses[:, 6] = delta[6]
+            self.pose = poses[-1].copy()
+            return poses, limited
         step_rot = rotvec_to_matrix(omega * dt)
         poses = np.empty((n, 7))
-        pose = self.pose
         rot = rotvec_to_matrix(pose[3:6])
         for i in range(n):
             position = pose[0:3] + velocity * dt
             bounded = np.clip(position, self._lo, self._hi)
             limited = limited or not np.array_equal(bounded, position)
-            if rate == 0:
-                pose = np.concatenate([bounded, pose[3:6], [delta[6]]])
-                poses[i] = pose
-                continue
             new_rot = step_rot @ rot
             tilt = np.arccos(np.clip(-(new_rot @ NEEDLE_AXIS_LOCAL)[2], -1.0, 1.0))
             if tilt > self.config.max_tilt_rad:

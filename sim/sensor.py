@@ -40,7 +40,8 @@ class NeedleSensor:
         self.grid_mm = np.linspace(0.0, config.oct_range_mm, config.oct_samples, dtype=np.float32)
         self._dz = float(self.grid_mm[1] - self.grid_mm[0])
         # Lookup tables indexed by layer + 1 (index 0 = air ahead of the surface).
-        self._attenuation = np.concatenate([[0.0], np.resize(config.oct_attenuation_per_mm, boundaries)])
+        attenuation = np.concatenate([[0.0], np.resize(config.oct_attenuation_per_mm, boundaries)])
+        self._attenuation = attenuation.astype(np.float32)
         self._ln_floor = np.float32(np.log(config.oct_noise_floor))
         scattering = np.concatenate([[config.oct_noise_floor], np.resize(config.oct_scattering, boundaries)])
         self._ln_scattering = np.log(scattering).astype(np.float32)
@@ -135,19 +136,20 @@ class NeedleSensor:
         edge = np.where(passed, -1.0, np.maximum(relative, 0.0)).astype(np.float32)
         grid = self.grid_mm[None, :]
         medium = passed.sum(axis=1)  # layer + 1 at the tip (0 = air)
-        optical_depth = self._attenuation[medium][:, None].astype(np.float32) * grid
-        ln_signal = np.broadcast_to(self._ln_scattering[medium][:, None], (n, bins)).copy()
+        optical_depth = self._attenuation[medium][:, None] * grid
+        ln_signal = np.empty((n, bins), np.float32)
+        ln_signal[:] = self._ln_scattering[medium][:, None]
         for k in range(edge.shape[1]):
-            ahead = ~passed[:, k]
+            ahead = ~passed[:, k] & (edge[:, k] < self.grid_mm[-1])
             if not ahead.any():
                 continue
             # Crossing boundary k: the attenuation slope and the scattering level change from then on.
+            start = edge[:, k : k + 1]
             slope = (self._attenuation[k + 1] - self._attenuation[k]) * ahead
-            beyond = grid >= edge[:, k : k + 1]
-            optical_depth += (slope[:, None] * np.maximum(grid - edge[:, k : k + 1], 0.0)).astype(np.float32)
-            jump = ((self._ln_scattering[k + 1] - self._ln_scattering[k]) * ahead).astype(np.float32)
-            ln_signal += jump[:, None] * beyond
-        ln_signal -= 2.0 * optical_depth
+            optical_depth += slope[:, None] * np.maximum(grid - start, np.float32(0.0))
+            jump = (self._ln_scattering[k + 1] - self._ln_scattering[k]) * ahead
+            ln_signal += jump[:, None] * (grid >= start)
+        ln_signal -= np.float32(2.0) * optical_depth
         np.maximum(ln_signal, self._ln_floor, out=ln_signal)
         self._add_reflections(ln_signal, edge, passed, optical_depth)
         ln_signal += self._log_speckle(n * bins).reshape(n, bins)
