@@ -9,6 +9,7 @@ view (``view5``) moves with the needle, so it is ray-cast every frame (at the co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -159,6 +160,7 @@ class CameraRig:
     def render(self, pose: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Render the named views (default all five) for the needle at ``pose``: HxWx3 uint8 each."""
         frames = {}
+        segments = self._needle_segments(pose)  # 3-D geometry shared by every view
         for name in names or CAMERA_NAMES:
             camera = self.camera(name, pose)
             image = (
@@ -166,7 +168,8 @@ class CameraRig:
                 if name in self._static
                 else self._ray_cast(camera, self._rays(camera))
             )
-            self._draw_needle(image, camera, pose)
+            for start, end, radius, rgb, opacity in segments:
+                _draw_segment(image, camera, start, end, radius, rgb, opacity)
             gain = 1.0 + self.cfg.flicker_std * self._rng.standard_normal()
             size = image.size
             offset = int(self._rng.integers(0, self._noise_pool.size - size + 1))
@@ -250,21 +253,25 @@ class CameraRig:
         shade = 0.45 + 0.55 * max(float(light.direction[2]), 0.0)
         return surface * (shade * light.gain * light.tint).astype(np.float32)
 
-    def _draw_needle(self, image: np.ndarray, camera: PinholeCamera, pose: np.ndarray) -> None:
-        """Draw the needle's shadow, the visible shaft (above the surface) and the holder."""
+    def _needle_segments(self, pose: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float, Any, float]]:
+        """Return the cylinders to draw, back to front: shaft shadow, visible shaft, holder.
+
+        Each is (start, end, radius mm, rgb or None for a shadow, opacity).
+        """
         tip = np.asarray(pose, float)[0:3]
         up = -needle_axis(pose)
-        length = self.needle_length_mm
-        top = tip + up * length
+        top = tip + up * self.needle_length_mm
         holder_top = top + up * _HOLDER_LENGTH_MM
         light = self.lighting.direction
+        segments: list[tuple[np.ndarray, np.ndarray, float, Any, float]] = []
         if light[2] > 0.05 and top[2] > 0:
             # Only the shaft's shadow: it tells the tip height, the holder's adds little.
             shadow = [p - light * (p[2] / light[2]) for p in (_above_surface(tip, top), top)]
-            _draw_segment(image, camera, shadow[0], shadow[1], _NEEDLE_RADIUS_MM * 1.5, None, 0.35)
+            segments.append((shadow[0], shadow[1], _NEEDLE_RADIUS_MM * 1.5, None, 0.35))
         if top[2] > 0:
-            _draw_segment(image, camera, _above_surface(tip, top), top, _NEEDLE_RADIUS_MM, _NEEDLE_RGB, 1.0)
-        _draw_segment(image, camera, top, holder_top, _HOLDER_RADIUS_MM, _HOLDER_RGB, 1.0)
+            segments.append((_above_surface(tip, top), top, _NEEDLE_RADIUS_MM, _NEEDLE_RGB, 1.0))
+        segments.append((top, holder_top, _HOLDER_RADIUS_MM, _HOLDER_RGB, 1.0))
+        return segments
 
 
 def _above_surface(tip: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -294,11 +301,10 @@ def _draw_segment(
         cam = np.stack([clipped, cam[1]]) if cam[0, 2] < _NEAR_MM else np.stack([cam[0], clipped])
     pixels = camera.focal_px * cam[:, :2] / cam[:, 2:3] + np.array([camera.width / 2.0, camera.height / 2.0])
     radii = np.maximum(camera.focal_px * radius_mm / cam[:, 2], 0.6)
-    reach = radii.max() + 1.0
-    x0, y0 = np.floor(pixels.min(axis=0) - reach).astype(int)
-    x1, y1 = np.ceil(pixels.max(axis=0) + reach).astype(int)
-    x0, y0 = max(x0, 0), max(y0, 0)
-    x1, y1 = min(x1, camera.width), min(y1, camera.height)
+    (ua, va), (ub, vb) = pixels.tolist()
+    reach = float(radii.max()) + 1.0
+    x0, x1 = max(int(min(ua, ub) - reach), 0), min(int(max(ua, ub) + reach) + 1, camera.width)
+    y0, y1 = max(int(min(va, vb) - reach), 0), min(int(max(va, vb) + reach) + 1, camera.height)
     if x0 >= x1 or y0 >= y1:
         return
     px = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
