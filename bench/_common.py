@@ -46,7 +46,11 @@ def percentiles_ms(samples_s: list[float] | np.ndarray, prefix: str) -> dict[str
     """``{prefix}_p50_ms``, ``_p99_ms``, ``_mean_ms`` from samples in seconds."""
     values = np.asarray(samples_s, dtype=np.float64) * 1e3
     if values.size == 0:
-        return {f"{prefix}_p50_ms": float("nan"), f"{prefix}_p99_ms": float("nan"), f"{prefix}_mean_ms": float("nan")}
+        return {
+            f"{prefix}_p50_ms": float("nan"),
+            f"{prefix}_p99_ms": float("nan"),
+            f"{prefix}_mean_ms": float("nan"),
+        }
     return {
         f"{prefix}_p50_ms": float(np.percentile(values, 50)),
         f"{prefix}_p99_ms": float(np.percentile(values, 99)),
@@ -57,12 +61,16 @@ def percentiles_ms(samples_s: list[float] | np.ndarray, prefix: str) -> dict[str
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser with the flags every benchmark takes (``--quick``, ``--out``)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="smaller run (< 60 s on a 2-core CPU), same keys")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller run (< 60 s on a 2-core CPU), same keys"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON copy and PNG plots")
     return parser
 
 
-def emit(name: str, config: dict[str, Any], metrics: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
+def emit(
+    name: str, config: dict[str, Any], metrics: dict[str, Any], out: Path | None = None
+) -> dict[str, Any]:
     """Print the benchmark's single JSON object on stdout (and save it under ``out`` when given)."""
     result = {"bench": name, "machine": machine_info(), "config": config, "metrics": metrics}
     text = json.dumps(result, indent=None, sort_keys=False, default=float)

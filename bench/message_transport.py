@@ -30,12 +30,19 @@ def main() -> int:
     for kind in KINDS:
         result = results[kind]
         if result.received != count or result.bit_exact != count:
-            raise SystemExit(f"{kind}: received {result.received}/{count}, bit-exact {result.bit_exact}: {result.errors[:3]}")
+            raise SystemExit(
+                f"{kind}: received {result.received}/{count}, "
+                f"bit-exact {result.bit_exact}: {result.errors[:3]}"
+            )
         metrics.update(percentiles_ms(result.latencies_s, kind))
         metrics.update(percentiles_ms(encode_s[kind], f"{kind}_encode"))
         metrics.update(percentiles_ms(result.decode_s, f"{kind}_decode"))
-    emit("message_transport", {"count": count, "vl_shape": [1500, 2048], "period_s": period_s, "kinds": KINDS},
-         metrics, args.out)
+    emit(
+        "message_transport",
+        {"count": count, "vl_shape": [1500, 2048], "period_s": period_s, "kinds": KINDS},
+        metrics,
+        args.out,
+    )
     if args.out is not None:
         _plot(results, args.out)
     return 0

@@ -32,7 +32,9 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     """Decode a ``sensor_msgs/Image`` into an HxWx3 uint8 RGB array (a copy)."""
     encoding = str(msg.encoding).lower()
     if encoding not in _RAW_ENCODINGS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_RAW_ENCODINGS)}")
+        raise ValueError(
+            f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_RAW_ENCODINGS)}"
+        )
     channels, order = _RAW_ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
@@ -40,7 +42,9 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     if step < width * channels:
         raise ValueError(f"image step {step} is smaller than width {width} x {channels} bytes per pixel")
     if len(msg.data) != step * height:
-        raise ValueError(f"image data is {len(msg.data)} bytes, step {step} x height {height} needs {step * height}")
+        raise ValueError(
+            f"image data is {len(msg.data)} bytes, step {step} x height {height} needs {step * height}"
+        )
     rows = from_array_field(msg.data, np.uint8).reshape(height, step)
     pixels = rows[:, : width * channels].reshape(height, width, channels)
     if order is None:

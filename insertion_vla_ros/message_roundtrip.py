@@ -82,21 +82,34 @@ def build_message(kind: str, sequence: int, payload: np.ndarray, stamp_ns: int):
 
     if kind.startswith("vl_features"):
         return conv.vl_features_to_msg(
-            payload, stamp_ns=stamp_ns, sequence=sequence, camera_names=["view1", "view2"],
-            image_stamps_ns=[stamp_ns - 1000, stamp_ns], instruction="Perform Red_point insertion task",
-            model_fingerprint="roundtrip", inference_time_s=0.0,
+            payload,
+            stamp_ns=stamp_ns,
+            sequence=sequence,
+            camera_names=["view1", "view2"],
+            image_stamps_ns=[stamp_ns - 1000, stamp_ns],
+            instruction="Perform Red_point insertion task",
+            model_fingerprint="roundtrip",
+            inference_time_s=0.0,
         )
     if kind == "action_chunk":
         return conv.action_chunk_to_msg(
-            payload, stamp_ns=stamp_ns, sequence=sequence, vl_sequence=sequence, vl_age_s=0.1,
-            inference_time_s=0.0, step_dt_s=0.1, action_names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+            payload,
+            stamp_ns=stamp_ns,
+            sequence=sequence,
+            vl_sequence=sequence,
+            vl_age_s=0.1,
+            inference_time_s=0.0,
+            step_dt_s=0.1,
+            action_names=["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
             status=0,
         )
     if kind == "sensor_samples":
         msg = conv.sensor_samples_to_msg(payload, first_stamp_ns=stamp_ns, sample_rate_hz=650.0)
         msg.header.frame_id = str(sequence)
         return msg
-    return conv.controller_status_to_msg(stamp_ns, "roundtrip", vl_feature_age_s=float(payload[0]), missed_ticks=sequence)
+    return conv.controller_status_to_msg(
+        stamp_ns, "roundtrip", vl_feature_age_s=float(payload[0]), missed_ticks=sequence
+    )
 
 
 def decode_message(kind: str, msg) -> tuple[int, np.ndarray]:
@@ -115,10 +128,14 @@ def decode_message(kind: str, msg) -> tuple[int, np.ndarray]:
 def _qos(depth: int):
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
-    return QoSProfile(depth=depth, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+    return QoSProfile(
+        depth=depth, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE
+    )
 
 
-def run_subscriber(kinds: list[str], count: int, vl_shape: tuple[int, int], timeout_s: float) -> dict[str, RoundTripResult]:
+def run_subscriber(
+    kinds: list[str], count: int, vl_shape: tuple[int, int], timeout_s: float
+) -> dict[str, RoundTripResult]:
     """Receive ``count`` messages of each kind (or until ``timeout_s``); check each against its payload."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -136,7 +153,9 @@ def run_subscriber(kinds: list[str], count: int, vl_shape: tuple[int, int], time
             sequence, payload = decode_message(kind, msg)
             result.decode_s.append(time.perf_counter() - start)
             result.received += 1
-            result.latencies_s.append((arrived - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)) / 1e9)
+            result.latencies_s.append(
+                (arrived - (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)) / 1e9
+            )
             expected = expected_payload(kind, sequence, vl_shape)
             if (
                 payload.shape == expected.shape
@@ -145,12 +164,16 @@ def run_subscriber(kinds: list[str], count: int, vl_shape: tuple[int, int], time
             ):
                 result.bit_exact += 1
             else:
-                result.errors.append(f"sequence {sequence}: payload differs ({payload.dtype} {payload.shape})")
+                result.errors.append(
+                    f"sequence {sequence}: payload differs ({payload.dtype} {payload.shape})"
+                )
 
         return callback
 
     subscriptions = [
-        node.create_subscription(message_type(kind), TOPIC_PREFIX + kind, make_callback(kind), _qos(count + 1))
+        node.create_subscription(
+            message_type(kind), TOPIC_PREFIX + kind, make_callback(kind), _qos(count + 1)
+        )
         for kind in kinds
     ]
     executor = SingleThreadedExecutor(context=context)
@@ -165,7 +188,9 @@ def run_subscriber(kinds: list[str], count: int, vl_shape: tuple[int, int], time
     return results
 
 
-def run_publisher(kinds: list[str], count: int, vl_shape: tuple[int, int], period_s: float, timeout_s: float) -> dict[str, list[float]]:
+def run_publisher(
+    kinds: list[str], count: int, vl_shape: tuple[int, int], period_s: float, timeout_s: float
+) -> dict[str, list[float]]:
     """Publish ``count`` messages of each kind once a subscriber matched; returns encode times per kind."""
     import rclpy
     from rclpy.duration import Duration
@@ -173,7 +198,10 @@ def run_publisher(kinds: list[str], count: int, vl_shape: tuple[int, int], perio
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("roundtrip_publisher", context=context)
-    publishers = {kind: node.create_publisher(message_type(kind), TOPIC_PREFIX + kind, _qos(count + 1)) for kind in kinds}
+    publishers = {
+        kind: node.create_publisher(message_type(kind), TOPIC_PREFIX + kind, _qos(count + 1))
+        for kind in kinds
+    }
     deadline = time.monotonic() + timeout_s
     while any(pub.get_subscription_count() == 0 for pub in publishers.values()):
         if time.monotonic() > deadline:
@@ -198,13 +226,31 @@ def run_publisher(kinds: list[str], count: int, vl_shape: tuple[int, int], perio
     return encode_s
 
 
-def round_trip(kinds: list[str], count: int, vl_shape: tuple[int, int] = (1500, 2048), period_s: float = 0.05,
-               timeout_s: float = 60.0) -> tuple[dict[str, RoundTripResult], dict[str, list[float]]]:
-    """Run a subscriber subprocess and publish from this process; returns (subscriber results, encode times)."""
+def round_trip(
+    kinds: list[str],
+    count: int,
+    vl_shape: tuple[int, int] = (1500, 2048),
+    period_s: float = 0.05,
+    timeout_s: float = 60.0,
+) -> tuple[dict[str, RoundTripResult], dict[str, list[float]]]:
+    """Run a subscriber subprocess, publish from here; returns (subscriber results, encode times)."""
     require_ros()
-    command = [sys.executable, "-m", "insertion_vla_ros.message_roundtrip", "--role", "subscriber",
-               "--count", str(count), "--kinds", *kinds, "--vl-shape", str(vl_shape[0]), str(vl_shape[1]),
-               "--timeout", str(timeout_s)]
+    command = [
+        sys.executable,
+        "-m",
+        "insertion_vla_ros.message_roundtrip",
+        "--role",
+        "subscriber",
+        "--count",
+        str(count),
+        "--kinds",
+        *kinds,
+        "--vl-shape",
+        str(vl_shape[0]),
+        str(vl_shape[1]),
+        "--timeout",
+        str(timeout_s),
+    ]
     subscriber = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert subscriber.stdout is not None
@@ -239,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         latency = np.median(result.latencies_s) * 1e3 if result.latencies_s else float("nan")
         good = result.received == args.count and result.bit_exact == args.count
         ok &= good
-        print(f"{kind:20s} received {result.received}/{args.count}  bit-exact {result.bit_exact}  "
-              f"median latency {latency:7.2f} ms  {'OK' if good else 'FAILED ' + '; '.join(result.errors[:2])}")
+        print(
+            f"{kind:20s} received {result.received}/{args.count}  bit-exact {result.bit_exact}  "
+            f"median latency {latency:7.2f} ms  {'OK' if good else 'FAILED ' + '; '.join(result.errors[:2])}"
+        )
     return 0 if ok else 1
 
 

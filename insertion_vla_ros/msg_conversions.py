@@ -137,7 +137,9 @@ def action_chunk_from_msg(msg: Any) -> np.ndarray:
         raise ValueError("ActionChunk has no action_names")
     expected = int(msg.horizon) * dims
     if len(msg.actions) != expected:
-        raise ValueError(f"ActionChunk holds {len(msg.actions)} values, horizon {msg.horizon} x {dims} needs {expected}")
+        raise ValueError(
+            f"ActionChunk holds {len(msg.actions)} values, horizon {msg.horizon} x {dims} needs {expected}"
+        )
     return from_array_field(msg.actions, np.float32).reshape(int(msg.horizon), dims)
 
 

@@ -111,7 +111,9 @@ def rotvec_to_quaternion(rotvec: np.ndarray) -> np.ndarray:
     angle = np.linalg.norm(rotvec, axis=-1, keepdims=True)
     half = angle / 2.0
     # sin(half)/angle -> 1/2 as angle -> 0
-    scale = np.where(angle < _SMALL_ANGLE, 0.5 - angle**2 / 48.0, np.sin(half) / np.where(angle == 0, 1, angle))
+    scale = np.where(
+        angle < _SMALL_ANGLE, 0.5 - angle**2 / 48.0, np.sin(half) / np.where(angle == 0, 1, angle)
+    )
     return np.concatenate([rotvec * scale, np.cos(half)], axis=-1)
 
 

@@ -92,8 +92,15 @@ def test_image_errors_are_clear(rgb):
 
 def test_vl_features_all_dtypes_round_trip():
     rng = np.random.default_rng(1)
-    common = dict(stamp_ns=10, sequence=4, camera_names=["v1"], image_stamps_ns=[9], instruction="x",
-                  model_fingerprint="fp", inference_time_s=0.5)
+    common = dict(
+        stamp_ns=10,
+        sequence=4,
+        camera_names=["v1"],
+        image_stamps_ns=[9],
+        instruction="x",
+        model_fingerprint="fp",
+        inference_time_s=0.5,
+    )
     f32 = rng.standard_normal((7, 9), dtype=np.float32)
     assert np.array_equal(conv.vl_features_from_msg(conv.vl_features_to_msg(f32, **common)), f32)
     f16 = f32.astype(np.float16)
@@ -103,13 +110,24 @@ def test_vl_features_all_dtypes_round_trip():
     msg = conv.vl_features_to_msg(bf16, **common)
     assert msg.dtype == "bfloat16" and len(msg.data) == 7 * 9 * 2
     assert torch.equal(torch.from_numpy(conv.vl_features_from_msg(msg).copy()), bf16.float())
-    assert torch.equal(torch.from_numpy(conv.vl_features_from_msg(conv.vl_features_to_msg(torch.from_numpy(f32), **common)).copy()),
-                       torch.from_numpy(f32))
+    assert torch.equal(
+        torch.from_numpy(
+            conv.vl_features_from_msg(conv.vl_features_to_msg(torch.from_numpy(f32), **common)).copy()
+        ),
+        torch.from_numpy(f32),
+    )
 
 
 def test_vl_features_mismatches_raise():
-    common = dict(stamp_ns=10, sequence=4, camera_names=["v1"], image_stamps_ns=[9], instruction="x",
-                  model_fingerprint="fp", inference_time_s=0.5)
+    common = dict(
+        stamp_ns=10,
+        sequence=4,
+        camera_names=["v1"],
+        image_stamps_ns=[9],
+        instruction="x",
+        model_fingerprint="fp",
+        inference_time_s=0.5,
+    )
     msg = conv.vl_features_to_msg(np.zeros((4, 3), np.float32), **common)
     msg.shape = [4, 4]
     with pytest.raises(ValueError, match="needs 64"):
@@ -126,21 +144,43 @@ def test_vl_features_mismatches_raise():
 
 def test_action_chunk_and_sensor_samples_round_trip_and_validate():
     actions = np.arange(56, dtype=np.float32).reshape(8, 7)
-    msg = conv.action_chunk_to_msg(actions, stamp_ns=5, sequence=1, vl_sequence=2, vl_age_s=0.3, inference_time_s=0.01,
-                                   step_dt_s=0.1, action_names=list("abcdefg"), status=0)
+    msg = conv.action_chunk_to_msg(
+        actions,
+        stamp_ns=5,
+        sequence=1,
+        vl_sequence=2,
+        vl_age_s=0.3,
+        inference_time_s=0.01,
+        step_dt_s=0.1,
+        action_names=list("abcdefg"),
+        status=0,
+    )
     assert msg.horizon == 8 and np.array_equal(conv.action_chunk_from_msg(msg), actions)
     msg.horizon = 7
     with pytest.raises(ValueError, match="horizon 7 x 7 needs 49"):
         conv.action_chunk_from_msg(msg)
     with pytest.raises(ValueError, match="do not match 6 action names"):
-        conv.action_chunk_to_msg(actions, stamp_ns=5, sequence=1, vl_sequence=2, vl_age_s=0.3, inference_time_s=0.0,
-                                 step_dt_s=0.1, action_names=list("abcdef"), status=0)
+        conv.action_chunk_to_msg(
+            actions,
+            stamp_ns=5,
+            sequence=1,
+            vl_sequence=2,
+            vl_age_s=0.3,
+            inference_time_s=0.0,
+            step_dt_s=0.1,
+            action_names=list("abcdef"),
+            status=0,
+        )
 
     samples = np.random.default_rng(2).standard_normal((13, 1026)).astype(np.float32)
     sensor = conv.sensor_samples_to_msg(samples, first_stamp_ns=1_000_000_000, sample_rate_hz=650.0)
     stamps, decoded = conv.sensor_samples_from_msg(sensor)
     assert np.array_equal(decoded, samples)
-    assert stamps[0] == 1_000_000_000 and stamps[1] - stamps[0] == 1538462 and stamps[-1] == 1_000_000_000 + 18461538
+    assert (
+        stamps[0] == 1_000_000_000
+        and stamps[1] - stamps[0] == 1538462
+        and stamps[-1] == 1_000_000_000 + 18461538
+    )
     sensor.num_samples = 14
     with pytest.raises(ValueError, match="14 x 1026"):
         conv.sensor_samples_from_msg(sensor)

@@ -21,25 +21,38 @@ def test_every_custom_message_round_trips_between_processes_bit_exact():
 def test_vl_features_round_trip_in_process_two_nodes(ros_context):
     """Two nodes in one process, real DDS, the 1500 x 2048 float16 and float32 payloads bit-exact."""
     import rclpy
+    from insertion_vla_msgs.msg import VLFeatures
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
-    from insertion_vla_msgs.msg import VLFeatures
     from insertion_vla_ros.msg_conversions import vl_features_from_msg, vl_features_to_msg
 
-    qos = QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    qos = QoSProfile(
+        depth=2, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+    )
     talker = rclpy.create_node("talker", context=ros_context)
     listener = rclpy.create_node("listener", context=ros_context)
     received = []
     publisher = talker.create_publisher(VLFeatures, "features", qos)
     listener.create_subscription(VLFeatures, "features", received.append, qos)
     rng = np.random.default_rng(7)
-    sent = [rng.standard_normal((1500, 2048), dtype=np.float32), rng.standard_normal((1500, 2048)).astype(np.float16)]
+    sent = [
+        rng.standard_normal((1500, 2048), dtype=np.float32),
+        rng.standard_normal((1500, 2048)).astype(np.float16),
+    ]
     for sequence, features in enumerate(sent):
-        publisher.publish(vl_features_to_msg(
-            features, stamp_ns=1_000_000_123 + sequence, sequence=sequence, camera_names=["a", "b"],
-            image_stamps_ns=[5, 1_000_000_123], instruction="Perform Red_point insertion task",
-            model_fingerprint="fp", inference_time_s=0.25))
+        publisher.publish(
+            vl_features_to_msg(
+                features,
+                stamp_ns=1_000_000_123 + sequence,
+                sequence=sequence,
+                camera_names=["a", "b"],
+                image_stamps_ns=[5, 1_000_000_123],
+                instruction="Perform Red_point insertion task",
+                model_fingerprint="fp",
+                inference_time_s=0.25,
+            )
+        )
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(listener)
     executor.add_node(talker)
