@@ -88,7 +88,9 @@ def _cmd_build_cache(args: argparse.Namespace) -> int:
             policy = AsyncVLAPolicy(load_model_config(args.model), load_vlm=True, device=info.device)
         pcfg = policy.config
         align = AlignmentConfig(
-            window=pcfg.sensor.window, horizon=pcfg.action_expert.horizon, dt_s=pcfg.action_period_s,
+            window=pcfg.sensor.window,
+            horizon=pcfg.action_expert.horizon,
+            dt_s=pcfg.action_period_s,
             reuse=pcfg.vlm_reuse_count,
         )
         episodes = open_episodes(list_episodes(args.data), align)
@@ -96,8 +98,14 @@ def _cmd_build_cache(args: argparse.Namespace) -> int:
         cache = FeatureCache(args.cache_dir, policy.fingerprint, rank=info.rank)
         refs = all_feature_refs(episodes)
         built = build_cache(
-            cache, refs, policy.extract_vl_features_batch, lambda r: by_name[r.episode].load_images(r),
-            args.batch_size, info.rank, info.world, progress=info.is_main,
+            cache,
+            refs,
+            policy.extract_vl_features_batch,
+            lambda r: by_name[r.episode].load_images(r),
+            args.batch_size,
+            info.rank,
+            info.world,
+            progress=info.is_main,
         )
         barrier(info)
         if info.is_main:
@@ -116,7 +124,11 @@ def _cmd_convert_bag(args: argparse.Namespace) -> int:
     from training.episode_builder import CleaningPolicy
 
     options = BagOptions(
-        cameras=None if args.cameras == ["auto"] else tuple(args.cameras) if args.cameras else BagOptions().cameras,
+        cameras=None
+        if args.cameras == ["auto"]
+        else tuple(args.cameras)
+        if args.cameras
+        else BagOptions().cameras,
         sensor_topic=args.sensor_topic or BagOptions().sensor_topic,
         pose_topic=args.pose_topic or BagOptions().pose_topic,
         instruction_topic=args.instruction_topic or BagOptions().instruction_topic,
@@ -134,8 +146,11 @@ def _cmd_convert_legacy(args: argparse.Namespace) -> int:
     from training.episode_builder import CleaningPolicy
 
     options = LegacyOptions(
-        views=tuple(args.views), euler_convention=args.euler, pose_stamp_column=args.pose_stamp_column,
-        time_unit=args.time_unit, gripper=args.gripper,
+        views=tuple(args.views),
+        euler_convention=args.euler,
+        pose_stamp_column=args.pose_stamp_column,
+        time_unit=args.time_unit,
+        gripper=args.gripper,
     )
     report = convert_legacy(args.input, args.output, options, _policy(args, CleaningPolicy))
     print(report.summary())
@@ -149,7 +164,9 @@ def _policy(args: argparse.Namespace, cls):
 def _add_cleaning_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path, help="folder the episodes (and conversion_report.json) go to")
-    parser.add_argument("--min-duration-s", type=float, default=1.0, help="skip shorter episodes (default 1.0)")
+    parser.add_argument(
+        "--min-duration-s", type=float, default=1.0, help="skip shorter episodes (default 1.0)"
+    )
     parser.add_argument(
         "--max-nan-fraction", type=float, default=0.1, help="skip when more rows are non-finite (default 0.1)"
     )
@@ -161,7 +178,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="insertion_vla_train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in (1, 2):
-        what = "cached VL features, frozen VLM" if stage == 1 else "LoRA on the VLM, one VLM forward per R ticks"
+        what = (
+            "cached VL features, frozen VLM" if stage == 1 else "LoRA on the VLM, one VLM forward per R ticks"
+        )
         _add_train_flags(sub.add_parser(f"stage{stage}", help=f"Stage {stage} training ({what})"))
     cache = sub.add_parser("build-cache", help="precompute the VL feature cache (shard with torchrun)")
     cache.add_argument("--data", type=Path, required=True)
@@ -181,7 +200,9 @@ def make_parser() -> argparse.ArgumentParser:
     legacy = sub.add_parser("convert-legacy", help="original <Task>/data_collection_<ts> layout -> episodes")
     _add_cleaning_flags(legacy)
     legacy.add_argument("--views", nargs="+", default=["View1", "View2", "View3", "View4", "View5"])
-    legacy.add_argument("--euler", default="ZYZ", help="intrinsic Euler convention of pose_a/b/r (default ZYZ)")
+    legacy.add_argument(
+        "--euler", default="ZYZ", help="intrinsic Euler convention of pose_a/b/r (default ZYZ)"
+    )
     legacy.add_argument("--pose-stamp-column", default="origin_timestamp")
     legacy.add_argument("--time-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"])
     return parser

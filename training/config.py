@@ -60,7 +60,7 @@ class TrainConfig:
     resume: bool = True
     """Continue from ``<out>/checkpoints/latest`` when it exists."""
     stop_after: int | None = None
-    """Stop (as if interrupted) after this many steps of this invocation; the schedule still spans ``steps``."""
+    """Stop (as if interrupted) after this many steps of this call; the schedule still spans ``steps``."""
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,5 +90,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.global_batch % self.micro_batch:
-            raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}"
+            )
         return self

@@ -1,4 +1,4 @@
-"""torch.distributed set-up for torchrun (nccl on GPU, gloo on CPU) and the few collectives the trainer uses."""
+"""torch.distributed set-up for torchrun (nccl on GPU, gloo on CPU) and the trainer's few collectives."""
 
 from __future__ import annotations
 

@@ -228,7 +228,7 @@ class Episode:
         path = self.frame_path(camera, index)
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+                return np.array(image.convert("RGB"))  # a writable copy: torch warns on read-only arrays
         except (OSError, ValueError) as error:
             raise EpisodeFormatError(f"{path}: unreadable frame ({error})") from error
 

@@ -41,9 +41,13 @@ def build_cache(
     world: int = 1,
     progress: bool = True,
 ) -> int:
-    """Compute every missing feature (this rank's share ``missing[rank::world]``); returns how many."""
+    """Compute this rank's missing features; returns how many.
+
+    A rank owns ``unique_refs(refs)[rank::world]`` (decided before looking at the cache), so ranks that
+    start at different times never skip or duplicate an entry.
+    """
     cache.verify()
-    todo = cache.missing(refs)[rank::world]
+    todo = cache.missing(unique_refs(refs)[rank::world])
     with torch.no_grad():
         for start in tqdm(
             range(0, len(todo), batch_size), desc=f"build cache r{rank}", unit="batch", disable=not progress

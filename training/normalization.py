@@ -33,7 +33,10 @@ class _Moments:
 
 
 def compute_normalization(
-    episodes: Sequence[EpisodeData], max_sensor_rows: int = 200_000, max_ticks: int = 20_000, chunk: int = 8192
+    episodes: Sequence[EpisodeData],
+    max_sensor_rows: int = 200_000,
+    max_ticks: int = 20_000,
+    chunk: int = 8192,
 ) -> dict[str, np.ndarray]:
     """``sensor_mean/std`` ``[C]`` over sensor samples, ``action_mean/std`` ``[D]`` over valid target steps.
 
@@ -52,7 +55,9 @@ def compute_normalization(
     for ep in episodes:
         cfg = ep.config
         for tick in range(0, ep.num_ticks, tick_stride):
-            chunk_actions, mask = target_chunk(ep.pose_stamps_ns, ep.pose, ep.timeline.tick_ns(tick), cfg.horizon, cfg.dt_ns)
+            chunk_actions, mask = target_chunk(
+                ep.pose_stamps_ns, ep.pose, ep.timeline.tick_ns(tick), cfg.horizon, cfg.dt_ns
+            )
             if actions is None:
                 actions = _Moments(chunk_actions.shape[1])
             actions.add(chunk_actions[mask])

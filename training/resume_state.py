@@ -45,8 +45,10 @@ def load_trainable_state(policy: torch.nn.Module, tensors: dict[str, torch.Tenso
     expected = set(trainable_state(policy))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
     if missing or unexpected:
-        raise ValueError(f"resume weights do not fit the policy: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"resume weights do not fit the policy: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     policy.load_state_dict(tensors, strict=False)
 
 
@@ -161,7 +163,12 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_resume_checkpoint(
-    path: Path, policy: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int, world: int
+    path: Path,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int,
+    world: int,
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns ``state.json``."""
     state = json.loads((path / STATE_FILE).read_text())
@@ -174,11 +181,14 @@ def load_resume_checkpoint(
     device = next(p.device for p in policy.parameters())
     optimizer.load_state_dict(
         _optimizer_join(
-            load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text()), device
+            load_file(str(path / "optimizer.safetensors")),
+            json.loads((path / "optimizer.json").read_text()),
+            device,
         )
     )
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(
-        load_file(str(path / f"rng-rank{rank}.safetensors")), json.loads((path / f"rng-rank{rank}.json").read_text())
+        load_file(str(path / f"rng-rank{rank}.safetensors")),
+        json.loads((path / f"rng-rank{rank}.json").read_text()),
     )
     return state

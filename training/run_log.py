@@ -20,7 +20,9 @@ class RunLog:
 
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.history: dict[str, list[list[float]]] = {k: [list(p) for p in v] for k, v in (history or {}).items()}
+        self.history: dict[str, list[list[float]]] = {
+            k: [list(p) for p in v] for k, v in (history or {}).items()
+        }
         self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def add(self, step: int, scalars: dict[str, float]) -> None:

@@ -95,6 +95,7 @@ class Trainer:
         self.info = info or init_distributed(cfg.device)
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
+        self.amp = (self.info.device.type == "cuda" and cfg.amp == "auto") or cfg.amp == "bf16"
         needs_vlm = cfg.stage == 2 or cfg.cache_mode in ("off", "build") or cfg.compute_on_miss
         self.policy = build_policy(cfg, self.info.device, needs_vlm)
         pcfg = self.policy.config
@@ -128,7 +129,6 @@ class Trainer:
             device_ids = [self.info.local_rank] if self.info.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.policy, device_ids=device_ids)
         self.log = RunLog(self.out, history) if self.info.is_main else None
-        self.amp = self.info.device.type == "cuda" and cfg.amp in ("auto", "bf16") or cfg.amp == "bf16"
 
     # ------------------------------------------------------------------------------------------- setup
     def _open_data(self) -> None:
@@ -146,7 +146,8 @@ class Trainer:
         sensor = self.policy.config.sensor
         if self.train_episodes[0].num_channels != sensor.channels:
             raise ValueError(
-                f"episodes have {self.train_episodes[0].num_channels} sensor channels, the model {sensor.channels}"
+                f"episodes have {self.train_episodes[0].num_channels} sensor channels, "
+                f"the model {sensor.channels}"
             )
         if len(self.train_episodes[0].cameras) != self.policy.config.vlm.num_views:
             raise ValueError(
@@ -159,12 +160,15 @@ class Trainer:
             self.val_set = TickDataset(self.val_episodes, self.align) if self.val_episodes else None
         else:
             self.train_set = GroupDataset(self.train_episodes, self.align, cfg.group_stride)
-            self.val_set = GroupDataset(self.val_episodes, self.align, cfg.group_stride) if self.val_episodes else None
+            self.val_set = (
+                GroupDataset(self.val_episodes, self.align, cfg.group_stride) if self.val_episodes else None
+            )
         self.plan = BatchPlan(self.train_set.max_k(), cfg.global_batch, cfg.seed, self.align.age_weights)
         per_rank = cfg.global_batch // self.info.world
         if cfg.global_batch % self.info.world or per_rank % cfg.micro_batch:
             raise ValueError(
-                f"global_batch {cfg.global_batch} must split into {self.info.world} ranks x micro_batch {cfg.micro_batch}"
+                f"global_batch {cfg.global_batch} must split into {self.info.world} ranks x "
+                f"micro_batch {cfg.micro_batch}"
             )
         self.accum = per_rank // cfg.micro_batch
 
@@ -184,7 +188,13 @@ class Trainer:
         if cfg.cache_mode == "build":
             refs = all_feature_refs(self.train_episodes + self.val_episodes)
             build_cache(
-                cache, refs, self._extract, self.load_images, cfg.cache_batch_size, self.info.rank, self.info.world,
+                cache,
+                refs,
+                self._extract,
+                self.load_images,
+                cfg.cache_batch_size,
+                self.info.rank,
+                self.info.world,
                 progress=cfg.progress and self.info.is_main,
             )
             barrier(self.info)
@@ -227,7 +237,10 @@ class Trainer:
         collate = collate_ticks if self.cfg.stage == 1 else collate_groups
         # A private generator: creating the loader must not draw from the global RNG (exact resume).
         return torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.num_workers,
+            self.train_set,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.cfg.num_workers,
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
@@ -262,7 +275,9 @@ class Trainer:
         names = policy.action_names
         n = len(self.val_set)
         chosen = np.linspace(0, n - 1, min(n, self.cfg.val_max_items)).round().astype(np.int64)
-        ks = sample_k(np.random.default_rng([self.cfg.seed, 99]), self.val_set.max_k()[chosen], self.align.age_weights)
+        ks = sample_k(
+            np.random.default_rng([self.cfg.seed, 99]), self.val_set.max_k()[chosen], self.align.age_weights
+        )
         items = list(zip(chosen.tolist(), ks.tolist()))
         collate = collate_ticks if self.cfg.stage == 1 else collate_groups
         loss_sum, weight_sum = 0.0, 0.0
@@ -313,7 +328,13 @@ class Trainer:
         if self.info.is_main:
             state = {"world": self.info.world, "history": self.log.history, "config": self.cfg.to_dict()}
             resume_state.save_resume_checkpoint(
-                self.ckpt_root, self.step, self.policy, self.optimizer, self.scheduler, state, self.cfg.keep_checkpoints
+                self.ckpt_root,
+                self.step,
+                self.policy,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.keep_checkpoints,
             )
         barrier(self.info)
 
@@ -339,9 +360,14 @@ class Trainer:
         start_step = self.step
         stop = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
         bar = tqdm(
-            total=cfg.steps, initial=start_step, desc=f"stage {cfg.stage}", unit="step",
+            total=cfg.steps,
+            initial=start_step,
+            desc=f"stage {cfg.stage}",
+            unit="step",
             disable=not (cfg.progress and self.info.is_main),
         )
+        if start_step == 0 and self.info.is_main:
+            self.log.add(0, self.validate())  # the baseline every later validation is compared with
         iterator = iter(self.loader())
         tick = time.perf_counter()
         while self.step < stop:

@@ -1,0 +1,157 @@
+"""VL feature cache: hit, miss, fingerprint invalidation, corrupt/partial shards, sharded build, misses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import load_model_config
+from models.policy import AsyncVLAPolicy
+from training.dataset import AlignmentConfig, open_episodes
+from training.feature_cache import CacheMissError, FeatureCache, entry_key
+from training.features import FeatureSource, build_cache
+from training.fixtures import make_synthetic_dataset
+from training.trainer import all_feature_refs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cache")
+    paths = make_synthetic_dataset(root / "data", num_episodes=2, duration_s=1.2, channels=1026)
+    policy = AsyncVLAPolicy(load_model_config("tiny"), load_vlm=True).eval()
+    episodes = open_episodes(paths, AlignmentConfig(reuse=17))
+    by_name = {ep.name: ep for ep in episodes}
+    refs = all_feature_refs(episodes)
+
+    def load(ref):
+        return by_name[ref.episode].load_images(ref)
+
+    return root, policy, refs, load
+
+
+def test_build_hit_and_values_match_the_vlm(setup, tmp_path):
+    _, policy, refs, load = setup
+    cache = FeatureCache(tmp_path, policy.fingerprint)
+    assert cache.get(refs[0]) is None and cache.stats["misses"] == 1
+    assert build_cache(
+        cache, refs, policy.extract_vl_features_batch, load, batch_size=4, progress=False
+    ) == len(refs)
+    reopened = FeatureCache(tmp_path, policy.fingerprint)  # a new process sees the committed shards
+    assert len(reopened) == len(refs) and reopened.missing(refs) == []
+    direct = policy.extract_vl_features(load(refs[3]), refs[3].instruction)
+    torch.testing.assert_close(reopened.get(refs[3]), direct, rtol=1e-5, atol=1e-5)
+    assert reopened.stats["hits"] == 1
+    assert build_cache(reopened, refs, policy.extract_vl_features_batch, load, progress=False) == 0
+
+
+def test_key_covers_episode_frames_instruction_and_fingerprint(setup, tmp_path):
+    _, policy, refs, _ = setup
+    ref = refs[0]
+    base = entry_key(ref, "fp")
+    assert entry_key(ref, "fp") == base
+    variants = [
+        (
+            ref.__class__(
+                ref.episode + "x", ref.cameras, ref.frame_indices, ref.frame_stamps_ns, ref.instruction
+            ),
+            "fp",
+        ),
+        (
+            ref.__class__(
+                ref.episode,
+                ref.cameras,
+                ref.frame_indices,
+                (ref.frame_stamps_ns[0] + 1,) + ref.frame_stamps_ns[1:],
+                ref.instruction,
+            ),
+            "fp",
+        ),
+        (ref.__class__(ref.episode, ref.cameras, ref.frame_indices, ref.frame_stamps_ns, "other task"), "fp"),
+        (ref, "fp2"),
+    ]
+    assert len({entry_key(r, fp) for r, fp in variants} | {base}) == 5
+
+
+def test_changed_fingerprint_never_serves_old_features(setup, tmp_path):
+    _, policy, refs, load = setup
+    cache = FeatureCache(tmp_path, policy.fingerprint)
+    build_cache(cache, refs[:4], policy.extract_vl_features_batch, load, progress=False)
+    # Train the LoRA a little (B != 0): the fingerprint changes and the old entries are all misses.
+    lora_b = [p for n, p in policy.vlm_model.named_parameters() if "lora_B" in n]
+    old = policy.fingerprint
+    saved = [p.detach().clone() for p in lora_b]
+    try:
+        with torch.no_grad():
+            for p in lora_b:
+                p.add_(0.01)
+        assert policy.fingerprint != old
+        changed = FeatureCache(tmp_path, policy.fingerprint)
+        assert changed.missing(refs[:4]) == refs[:4] and changed.get(refs[0]) is None
+    finally:
+        with torch.no_grad():
+            for p, s in zip(lora_b, saved):
+                p.copy_(s)
+    assert policy.fingerprint == old and FeatureCache(tmp_path, old).missing(refs[:4]) == []
+
+
+def test_corrupt_and_partial_shards_are_detected_and_rebuilt(setup, tmp_path):
+    _, policy, refs, load = setup
+    cache = FeatureCache(tmp_path, policy.fingerprint, shard_entries=3)
+    build_cache(cache, refs[:6], policy.extract_vl_features_batch, load, progress=False)
+    shards = sorted(cache.directory.glob("shard-*.safetensors"))
+    assert len(shards) == 2
+    data = bytearray(shards[0].read_bytes())
+    data[-5] ^= 0xFF  # flip a byte inside the tensor data: same size, wrong sha256
+    shards[0].write_bytes(bytes(data))
+    (cache.directory / "shard-r9-deadbeef.safetensors").write_bytes(b"half a shard")  # no index: partial
+    reopened = FeatureCache(tmp_path, policy.fingerprint)
+    assert not (cache.directory / "shard-r9-deadbeef.safetensors").exists()
+    assert reopened.verify() == 1 and not shards[0].exists()
+    assert len(reopened.missing(refs[:6])) == 3
+    assert build_cache(reopened, refs[:6], policy.extract_vl_features_batch, load, progress=False) == 3
+    again = FeatureCache(tmp_path, policy.fingerprint)
+    assert again.missing(refs[:6]) == [] and again.verify() == 0
+    torch.testing.assert_close(
+        again.get(refs[0]),
+        policy.extract_vl_features(load(refs[0]), refs[0].instruction),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_sharded_build_across_ranks_covers_everything_once(setup, tmp_path):
+    _, policy, refs, load = setup
+    built = [
+        build_cache(
+            FeatureCache(tmp_path, policy.fingerprint, rank=r),
+            refs,
+            policy.extract_vl_features_batch,
+            load,
+            rank=r,
+            world=2,
+            progress=False,
+        )
+        for r in range(2)
+    ]
+    assert sum(built) == len(refs) and abs(built[0] - built[1]) <= 1
+    merged = FeatureCache(tmp_path, policy.fingerprint)
+    assert merged.missing(refs) == [] and len(merged) == len(refs)
+    assert {p.name.split("-")[1] for p in merged.directory.glob("shard-*.json")} == {"r0", "r1"}
+
+
+def test_stage1_miss_is_an_error_or_computed_never_silent(setup, tmp_path):
+    _, policy, refs, load = setup
+    cache = FeatureCache(tmp_path, policy.fingerprint)
+    strict = FeatureSource("on", cache, policy.extract_vl_features_batch, load, compute_on_miss=False)
+    with pytest.raises(CacheMissError, match="build-cache"):
+        strict.features(refs[:2])
+    lenient = FeatureSource("on", cache, policy.extract_vl_features_batch, load, compute_on_miss=True)
+    features, mask = lenient.features([refs[0], refs[1], refs[0]])
+    assert features.shape[0] == 3 and mask.all() and cache.stats["written"] == 0
+    torch.testing.assert_close(features[0], features[2])
+    cache.flush()
+    assert FeatureCache(tmp_path, policy.fingerprint).missing(refs[:2]) == []
+    strict.features(refs[:2])  # now hits
+    with pytest.raises(ValueError, match="needs the VLM"):
+        FeatureSource("on", cache, None, load, compute_on_miss=True)
