@@ -168,9 +168,16 @@ class VLFeatureExtractor:
         )
 
     def prepare_inputs(
-        self, image_groups: Sequence[Sequence[np.ndarray]], instructions: Sequence[str]
+        self,
+        image_groups: Sequence[Sequence[np.ndarray]],
+        instructions: Sequence[str],
+        device: str | torch.device | None = None,
     ) -> dict:
-        """Validate and tokenize G samples (each ``num_views`` images + one instruction) -> model inputs."""
+        """Validate and tokenize G samples (each ``num_views`` images + one instruction) -> model inputs.
+
+        Tensors go to ``device`` (default: the model's); ``"cpu"`` lets a caller pin them and copy
+        asynchronously itself (``models.fast_path``).
+        """
         if len(image_groups) != len(instructions):
             raise ValueError(f"{len(image_groups)} image groups but {len(instructions)} instructions")
         if not image_groups:
@@ -206,7 +213,8 @@ class VLFeatureExtractor:
             inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).long()
             inputs.update(vision)
         keep = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-        return {key: inputs[key].to(self.device) for key in keep}
+        target = self.device if device is None else device
+        return {key: inputs[key].to(target) for key in keep}
 
     # -------------------------------------------------------------------------------------- features
     def forward_features(self, inputs: dict) -> list[torch.Tensor]:
