@@ -1,0 +1,61 @@
+"""CUDA graphs for the action expert's per-tick work at fixed batch-1 shapes.
+
+A tick runs the sensor encoder, the context encoder and the head: dozens of small kernels whose launch
+overhead dominates on a GPU. ``GraphedActionHead`` captures them once into a ``torch.cuda.CUDAGraph``
+with static input buffers; each tick copies the new inputs into the buffers and replays the graph. The
+cacheable VL resampling (``AsyncVLAPolicy.encode_vl_features``) runs once per feature, outside the graph.
+Input checks (shapes, finiteness) stay with the caller: the graph cannot validate anything.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.policy import AsyncVLAPolicy
+
+
+def head_forward(policy: AsyncVLAPolicy, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor):
+    """Physical-unit chunk ``[B, H, D]`` from resampled latents, a float window and ages (no checks)."""
+    ae = policy.action_expert
+    age = ae.age_embedding(age_s)
+    context = ae.context(latents, policy.sensor_encoder(window), age)
+    return policy.denormalize_actions(ae.predict(context, age))
+
+
+class GraphedActionHead:
+    """Batch-1 action expert tick replayed from a CUDA graph (see module docstring)."""
+
+    def __init__(self, policy: AsyncVLAPolicy, stream: torch.cuda.Stream | None = None, warmup: int = 3):
+        device = policy.device
+        if device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need the policy on a CUDA device, it is on {device}")
+        policy.eval()
+        self.policy = policy
+        cfg = policy.config
+        ae = cfg.action_expert
+        self.latents = torch.zeros(1, ae.vl_latents, ae.d_model, device=device)
+        self.window = torch.zeros(1, cfg.sensor.window, cfg.sensor.channels, device=device)
+        self.age = torch.zeros(1, device=device)
+        self.stream = stream if stream is not None else torch.cuda.Stream(device=device)
+        self.stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.no_grad(), torch.cuda.stream(self.stream):
+            for _ in range(warmup):  # builds cuBLAS handles and lazy state outside the capture
+                head_forward(policy, self.latents, self.window, self.age)
+        torch.cuda.current_stream(device).wait_stream(self.stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph, stream=self.stream):
+            self.output = head_forward(policy, self.latents, self.window, self.age)
+
+    @torch.no_grad()
+    def __call__(
+        self, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor | float
+    ) -> torch.Tensor:
+        """``[1, L, d]`` latents, ``[1, W, C]`` window, age -> ``[1, H, D]`` (a copy, safe to keep)."""
+        with torch.cuda.stream(self.stream):
+            self.latents.copy_(latents, non_blocking=True)
+            self.window.copy_(window, non_blocking=True)
+            self.age.copy_(torch.as_tensor(age_s, dtype=torch.float32).reshape(1), non_blocking=True)
+            self.graph.replay()
+            result = self.output.clone()
+        self.stream.synchronize()
+        return result
