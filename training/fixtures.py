@@ -3,8 +3,8 @@
 ``synthetic_pose(t, speed)`` is the ground-truth motion: the tool advances at constant velocity (``speed``
 mm/s along x) and turns about a fixed tilted axis at ``0.2 * speed`` deg/s, so every target is known in
 closed form and pose interpolation between samples is exact. The sensor's force channel reads
-``speed / 10`` N (plus small noise) and the frames' colour encodes ``speed`` too, so a policy can learn
-the motion from either input.
+``speed / 10`` N (plus small noise), so a policy can learn the motion from the sensor window; frames show
+a bar that moves with time (the same in every episode), so memorising episodes by image does not help.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ def synthetic_pose(t_s: np.ndarray | float, speed: float) -> np.ndarray:
 
 
 def synthetic_frame(speed: float, index: int, size: int = 112) -> np.ndarray:
-    """Draw a frame whose colour encodes ``speed`` (and a moving bar its index)."""
+    """Draw frame ``index``: a fixed background with a bar that moves with the index (``speed`` unused)."""
+    del speed
     frame = np.zeros((size, size, 3), dtype=np.uint8)
-    frame[..., 0] = int(np.clip(speed * 20, 0, 255))
+    frame[..., 0] = 120
     frame[..., 1] = 80
-    frame[..., 2] = 255 - frame[..., 0]
+    frame[..., 2] = 200
     column = (index * 3) % size
     frame[:, column : column + 4] = 255
     return frame
