@@ -59,6 +59,7 @@ class FastPathConfig:
     pad_to_multiple: int = 0
     compile: bool = False
     compile_mode: str = "default"
+    compile_backend: str = "inductor"
     quantization: str = "none"
     pin_memory: bool = False
     dedicated_stream: bool = False
@@ -170,17 +171,21 @@ def prepare_model(model: torch.nn.Module, fast: FastPathConfig, device: str | to
     if fast.quantization != "none":
         done["quantization_backend"] = quantize_vlm(model, fast.quantization)
     if fast.compile:
-        compile_vlm(model, fast.compile_mode)
+        compile_vlm(model, fast.compile_mode, fast.compile_backend)
         done["compile_mode"] = fast.compile_mode
     return done
 
 
-def compile_vlm(model: torch.nn.Module, mode: str = "default") -> None:
-    """``torch.compile`` the language model and the vision tower in place (static shapes)."""
+def compile_vlm(model: torch.nn.Module, mode: str = "default", backend: str = "inductor") -> None:
+    """``torch.compile`` the language model and the vision tower in place (static shapes).
+
+    ``mode`` applies to inductor only; other backends (``aot_eager``, ``cudagraphs``) take none.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner = base.model
-    inner.language_model = torch.compile(inner.language_model, mode=mode, dynamic=False)
-    inner.visual = torch.compile(inner.visual, mode=mode, dynamic=False)
+    options = {"mode": mode} if backend == "inductor" else {}
+    inner.language_model = torch.compile(inner.language_model, backend=backend, dynamic=False, **options)
+    inner.visual = torch.compile(inner.visual, backend=backend, dynamic=False, **options)
 
 
 def trim_after_last_image(inputs: dict[str, torch.Tensor], image_token_id: int) -> dict[str, torch.Tensor]:

@@ -224,9 +224,10 @@ def test_graphed_head_function_is_what_predict_actions_runs(tiny_qwen_dir):  # n
 
 
 @pytest.mark.slow
-def test_compiled_vlm_matches_eager(extractor, images, reference):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_vlm_matches_eager(extractor, images, reference, backend):
     ex = model_copy(extractor)
-    prepare_model(ex.hf_model, FastPathConfig(compile=True), "cpu")
+    prepare_model(ex.hf_model, FastPathConfig(compile=True, compile_backend=backend), "cpu")
     fast = FastVLM(ex, FastPathConfig(trim_tail=True, pad_to_multiple=64))
     features, _ = fast.extract(images, INSTRUCTION)
     assert (features - reference).abs().max() <= EXACT_ATOL
@@ -257,3 +258,17 @@ def test_pinned_dedicated_stream_matches_plain_on_gpu(tiny_qwen_dir, images):  #
     features, _ = fast.extract(images, INSTRUCTION)
     assert fast.stream is not None
     assert (features - plain).abs().max() <= EXACT_ATOL
+
+
+def test_gpu_check_exits_with_a_message_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: bench/gpu_check.py would run the full check")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", "unused.json"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
