@@ -221,6 +221,8 @@ class SimNode(Node):
         try:
             self._loop()
         except Exception as error:  # noqa: BLE001 - report and stop instead of a silent dead thread
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down (SIGINT/SIGTERM invalidated the context under the loop)
             self.get_logger().error(f"sim loop failed: {error!r}")
             self.state = "failed"
             self.done.set()
