@@ -40,14 +40,14 @@ def log(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def machine() -> dict:
+def machine(cuda: bool = True) -> dict:
     """Card, driver and library versions."""
     import torch
     import transformers
 
     info = {
-        "gpu": torch.cuda.get_device_name(0),
-        "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
         "cuda": torch.version.cuda,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -102,11 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", default="int8_weight_only")
     parser.add_argument("--budget-s", type=float, default=360.0, help="stop starting new stages after this")
     parser.add_argument("--no-process", action="store_true", help="skip the separate-process measurement")
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="tiny config on CPU, few samples: checks the script's flow only",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
+    if args.cpu_smoke:
+        args.device, args.config, args.num_samples, args.warmup = "cpu", "tiny", 2, 1
+        args.ticks, args.concurrent_ticks, args.quantization = 20, 20, "int8_dynamic"
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
         print(
             "gpu_check: no CUDA device here (torch.cuda.is_available() is False). This script measures the "
             "GPU fast path; run it on a GPU machine. CPU figures: python bench/vlm_fast_path.py --quick",
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()
     start = time.monotonic()
     deadline = start + args.budget_s
-    report: dict = {"bench": "gpu_check", "machine": machine(), "targets": TARGETS}
+    report: dict = {"bench": "gpu_check", "machine": machine(cuda), "targets": TARGETS}
     policy_config = load_model_config(args.config)
     vlm_cfg = policy_config.vlm
     report["config"] = {
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "quantization": args.quantization,
     }
-    log(f"{report['machine']['gpu']}, torch {torch.__version__}; building {args.config} with random weights")
+    where = report["machine"]["gpu"] or "CPU smoke run"
+    log(f"{where}, torch {torch.__version__}; building {args.config} with random weights")
     began = time.monotonic()
     extractor = load_extractor(vlm_cfg, device=args.device, random_weights=True)
     report["build_s"] = time.monotonic() - began
@@ -157,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     def vlm_steps():
         steps = default_steps(extractor, args.quantization)
         compile_steps = {name: steps.pop(name) for name in ("compile", "combined") if name in steps}
-        steps.update(compile_steps)  # the slow compiles go last, so a spent budget skips only them
+        if cuda:
+            steps.update(compile_steps)  # the slow compiles go last, so a spent budget skips only them
         return measure_vlm_steps(
             extractor, images, steps, args.num_samples, args.warmup, deadline=deadline - 90, log=log
         )
@@ -174,12 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             "fastest": vars(recommend(timed[fastest]["p95_ms"])),
             "tokens_per_view": plain["tokens_per_view"],
         }
-    torch.cuda.reset_peak_memory_stats()
 
     def action_alone():
         return {
             "eager": measure_action_expert(policy, args.ticks, 20),
-            "cuda_graph": measure_action_expert(policy, args.ticks, 20, graphed=True),
+            "cuda_graph": measure_action_expert(policy, args.ticks, 20, graphed=cuda),
         }
 
     stage(report, "action_expert", deadline, action_alone)
@@ -194,14 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                 policy, plain_runner, images, args.concurrent_ticks, graphed=False, high_priority=False
             ),
             "priority_streams_graph": measure_action_expert_concurrent_thread(
-                policy, fast_runner, images, args.concurrent_ticks, graphed=True, high_priority=True
+                policy, fast_runner, images, args.concurrent_ticks, graphed=cuda, high_priority=cuda
             ),
         }
 
     stage(report, "action_expert_shared_gpu_thread", deadline, shared_thread)
     if not args.no_process:
         del extractor  # the child process builds its own VLM
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
 
         def shared_process():
             fast = {"pin_memory": True, "dedicated_stream": True, "trim_tail": True}
@@ -210,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                     policy, args.config, args.concurrent_ticks, graphed=False, high_priority=False, fast=fast
                 ),
                 "cuda_graph_high_priority": measure_action_expert_concurrent_process(
-                    policy, args.config, args.concurrent_ticks, graphed=True, high_priority=True, fast=fast
+                    policy, args.config, args.concurrent_ticks, graphed=cuda, high_priority=cuda, fast=fast
                 ),
             }
 
         stage(report, "action_expert_shared_gpu_process", deadline + 60, shared_process)
-    report["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    report["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     report["wall_s"] = time.monotonic() - start
     text = json.dumps(report, indent=2, default=float)
     args.out.parent.mkdir(parents=True, exist_ok=True)

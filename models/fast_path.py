@@ -219,8 +219,8 @@ def pad_to_multiple(
 
 def action_stream(device: str | torch.device) -> torch.cuda.Stream:
     """A highest-priority CUDA stream for the action expert (its kernels go ahead of queued VLM work)."""
-    high, _ = torch.cuda.Stream.priority_range()
-    return torch.cuda.Stream(device=device, priority=high)
+    # Out-of-range priorities map to the nearest valid one; lower numbers are higher priorities.
+    return torch.cuda.Stream(device=device, priority=-100)
 
 
 class FastVLM:
@@ -239,8 +239,7 @@ class FastVLM:
         self.cuda = device.type == "cuda"
         self.stream = None
         if self.cuda and self.fast.dedicated_stream:
-            _, low = torch.cuda.Stream.priority_range()
-            self.stream = torch.cuda.Stream(device=device, priority=low)
+            self.stream = torch.cuda.Stream(device=device, priority=0)  # 0 is the lowest priority
         pad = self.extractor.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else 0)
         self.last_sequence_length = 0
