@@ -144,20 +144,23 @@ def _model_config(architecture: Mapping[str, Any], tokenizer):
     )
 
 
-def _init_model(config, seed: int, dtype: torch.dtype, device: str | torch.device):
-    """Instantiate ``Qwen2_5_VLForConditionalGeneration(config)`` deterministically under ``seed``."""
+def _init_model(
+    config, seed: int, dtype: torch.dtype, device: str | torch.device, attn_implementation: str | None = None
+):
+    """Instantiate ``Qwen2_5_VLForConditionalGeneration(config)`` deterministically under ``seed``.
+
+    The global CPU RNG state is restored afterwards, so building a model never perturbs a caller's seed.
+    """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    kwargs = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     cpu_rng = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = Qwen2_5_VLForConditionalGeneration(config)
-        finally:
-            torch.set_default_dtype(previous)
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, **kwargs)
     finally:
         torch.random.set_rng_state(cpu_rng)
     return model.eval()
@@ -234,11 +237,9 @@ def build_random_qwen2_5_vl(
     """
     tokenizer = build_tokenizer()
     config = _model_config(architecture, tokenizer)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-        config.text_config._attn_implementation = attn_implementation
-        config.vision_config._attn_implementation = attn_implementation
-    model = _init_model(config, seed=seed, dtype=dtype, device=device)
+    model = _init_model(
+        config, seed=seed, dtype=dtype, device=device, attn_implementation=attn_implementation
+    )
     try:
         processor = build_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
     except ImportError:

@@ -45,3 +45,13 @@ def sensor(batch: int = 2, seed: int = 0, window: int = 65, channels: int = 1026
 def vl_feats(batch: int = 2, tokens: int = 80, hidden: int = 64, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, tokens, hidden, generator=generator)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine a second spinning
+    thread made a training step >10x slower. Restored after the module so other tests are unaffected."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pytest
+from models_fixtures import one_torch_thread  # noqa: F401
 
 from models.config import ConfigError, PolicyConfig, config_search_dirs, load_model_config
 

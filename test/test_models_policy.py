@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from models_fixtures import make_policy, sensor, tiny_config, tiny_qwen_dir, views, vl_feats  # noqa: F401
+from models_fixtures import make_policy, one_torch_thread, sensor, tiny_config, tiny_qwen_dir, views, vl_feats  # noqa: F401
 
 from models.policy import AsyncVLAPolicy, EncodedVL
 
@@ -63,8 +63,15 @@ def test_predict_uses_only_its_inputs(tiny_qwen_dir, head):  # noqa: F811
     assert torch.equal(policy.predict_actions(feats[0], future[tick - 65 : tick], 0.4), before)
     # a training step's targets reach nothing predict uses
     targets = torch.randn(1, 8, 7) * 50
-    policy({"sensor_window": window[None], "vl_age_s": torch.tensor([0.4]), "target_actions": targets,
-            "action_mask": torch.ones(1, 8, dtype=torch.bool), "vl_features": feats[:1]})
+    policy(
+        {
+            "sensor_window": window[None],
+            "vl_age_s": torch.tensor([0.4]),
+            "target_actions": targets,
+            "action_mask": torch.ones(1, 8, dtype=torch.bool),
+            "vl_features": feats[:1],
+        }
+    )
     assert torch.equal(policy.predict_actions(feats[0], window, 0.4), before)
     # ...and it does depend on each input it is given
     changed_window = window.clone()
@@ -102,7 +109,9 @@ def test_encoded_features_are_reused_and_invalidated(tiny_qwen_dir):  # noqa: F8
     with torch.no_grad():
         for p in policy.action_expert.resampler.parameters():
             p.add_(0.1)  # new weights must not hit a stale cache either
-    assert not torch.allclose(policy.predict_actions(feats, window, 0.3), policy.predict_actions(encoded, window, 0.3))
+    assert not torch.allclose(
+        policy.predict_actions(feats, window, 0.3), policy.predict_actions(encoded, window, 0.3)
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,8 +149,9 @@ def test_action_normalisation_gives_physical_units(tiny_qwen_dir):  # noqa: F811
     policy2 = make_policy(tiny_qwen_dir)
     policy2.load_state_dict(policy.state_dict())
     policy2.set_normalization(sensor_mean=torch.zeros(1026))
-    assert torch.allclose(policy.predict_actions(feats, shifted, 0.0), policy2.predict_actions(feats, window, 0.0),
-                          atol=1e-5)
+    assert torch.allclose(
+        policy.predict_actions(feats, shifted, 0.0), policy2.predict_actions(feats, window, 0.0), atol=1e-5
+    )
     with pytest.raises(ValueError, match="action_std"):
         policy.set_normalization(action_std=torch.ones(6))
 
@@ -173,15 +183,13 @@ def test_stage1_moves_only_sensor_encoder_and_action_expert(tiny_qwen_dir):  # n
     groups = policy.parameter_groups()
     assert groups["lora"] == [] and groups["sensor_encoder"] and groups["action_expert"]
     vlm_before = _snapshot(policy.vlm_model)
-    head_before = {**_snapshot(policy.sensor_encoder), **{"ae." + k: v for k, v in _snapshot(policy.action_expert).items()}}
+    sensor_before, expert_before = _snapshot(policy.sensor_encoder), _snapshot(policy.action_expert)
     opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.1)
     out = policy(_batch(4, vl_feats(4)))
     out.loss.backward()
     opt.step()
     assert not _changed(vlm_before, policy.vlm_model)
-    changed = _changed({k: v for k, v in head_before.items() if not k.startswith("ae.")}, policy.sensor_encoder)
-    assert changed and _changed({k[3:]: v for k, v in head_before.items() if k.startswith("ae.")},
-                                policy.action_expert)
+    assert _changed(sensor_before, policy.sensor_encoder) and _changed(expert_before, policy.action_expert)
     report = policy.trainable_parameter_report()
     assert report["vlm"]["trainable"] == 0 and report["action_expert"]["trainable"] > 0
 
@@ -191,8 +199,12 @@ def test_stage2_moves_lora_and_leaves_base_vlm_bit_identical(tiny_qwen_dir):  # 
     policy.set_stage(2)
     groups = policy.parameter_groups()
     assert len(groups["lora"]) == 16
-    opt = torch.optim.AdamW([{"params": groups["sensor_encoder"] + groups["action_expert"], "lr": 1e-3},
-                             {"params": groups["lora"], "lr": 1e-2}])
+    opt = torch.optim.AdamW(
+        [
+            {"params": groups["sensor_encoder"] + groups["action_expert"], "lr": 1e-3},
+            {"params": groups["lora"], "lr": 1e-2},
+        ]
+    )
     vlm_before = _snapshot(policy.vlm_model)
     fp_before = policy.fingerprint
     g, r = 2, 3
@@ -220,9 +232,9 @@ def test_stage2_without_vlm_is_refused(tiny_qwen_dir):  # noqa: F811
         make_policy(tiny_qwen_dir).set_stage(2)
 
 
-def _synthetic_batch(n, g):
+def _synthetic_batch(n, g, channels=9):
     """Targets are a function of the force level (sensor) and the sign of a VL feature direction."""
-    window = torch.randn(n, 65, 1026, generator=g) * 0.1
+    window = torch.randn(n, 65, channels, generator=g) * 0.1
     force = torch.rand(n, generator=g) * 4 - 2
     window[..., 0] += force[:, None]
     sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
@@ -234,20 +246,27 @@ def _synthetic_batch(n, g):
     target[..., 1] = sign[:, None]
     target[..., 6] = (force > 0).float()[:, None]
     age = torch.rand(n, generator=g) * 1.7
-    return {"sensor_window": window, "vl_age_s": age, "target_actions": target,
-            "action_mask": torch.ones(n, 8, dtype=torch.bool), "vl_features": vl}
+    return {
+        "sensor_window": window,
+        "vl_age_s": age,
+        "target_actions": target,
+        "action_mask": torch.ones(n, 8, dtype=torch.bool),
+        "vl_features": vl,
+    }
 
 
-@pytest.mark.parametrize("head, steps", [("regression", 200), ("flow", 300)])
+@pytest.mark.parametrize("head, steps", [("regression", 150), ("flow", 250)])
 def test_training_drives_loss_well_below_start(tiny_qwen_dir, head, steps):  # noqa: F811
     torch.manual_seed(0)
-    policy = AsyncVLAPolicy(tiny_config(tiny_qwen_dir, head=head)).train()
+    cfg = tiny_config(tiny_qwen_dir, head=head)
+    cfg.sensor.channels = 9  # 1 force + 8 A-line depths: the learning is under test, not the width
+    policy = AsyncVLAPolicy(cfg).train()
     policy.set_stage(1)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(steps):
-        out = policy(_synthetic_batch(32, g))
+        out = policy(_synthetic_batch(16, g))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -278,8 +297,12 @@ def test_fingerprint_tracks_vlm_lora_and_layout_only(tiny_qwen_dir):  # noqa: F8
             p.add_(1.0)
     assert a.fingerprint == b.fingerprint
     assert make_policy(tiny_qwen_dir, head="flow").fingerprint == a.fingerprint
-    for section, changes in [("vlm", {"token_selection": "all"}), ("vlm", {"feature_dtype": "float16"}),
-                             ("vlm", {"max_pixels": 224 * 224}), ("vlm", {"num_views": 4})]:
+    for section, changes in [
+        ("vlm", {"token_selection": "all"}),
+        ("vlm", {"feature_dtype": "float16"}),
+        ("vlm", {"max_pixels": 224 * 224}),
+        ("vlm", {"num_views": 4}),
+    ]:
         cfg = tiny_config(tiny_qwen_dir)
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **changes))
         assert AsyncVLAPolicy(cfg).fingerprint != a.fingerprint, changes

@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from models_fixtures import tiny_config, tiny_qwen_dir, views  # noqa: F401
+from models_fixtures import one_torch_thread, tiny_config, tiny_qwen_dir, views  # noqa: F401
 from safetensors.torch import load_file
 
 from models import lora as lora_utils
