@@ -90,14 +90,21 @@ def all_feature_refs(episodes: list[EpisodeData]) -> list[FeatureRef]:
 class Trainer:
     """Set up once (policy, data, features, optimizer, resume), then :meth:`run`."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, info: DistInfo | None = None, policy: AsyncVLAPolicy | None = None
+    ) -> None:
+        """Build everything for ``cfg``; ``policy`` reuses an already constructed policy (benchmarks)."""
         self.cfg = cfg.validate()
         self.info = info or init_distributed(cfg.device)
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
         self.amp = (self.info.device.type == "cuda" and cfg.amp == "auto") or cfg.amp == "bf16"
         needs_vlm = cfg.stage == 2 or cfg.cache_mode in ("off", "build") or cfg.compute_on_miss
-        self.policy = build_policy(cfg, self.info.device, needs_vlm)
+        if policy is None:
+            self.policy = build_policy(cfg, self.info.device, needs_vlm)
+        else:
+            policy.set_stage(cfg.stage)
+            self.policy = policy.train()
         pcfg = self.policy.config
         self.align = AlignmentConfig(
             window=pcfg.sensor.window,
