@@ -153,3 +153,26 @@ def test_legacy_too_many_nan_rows_skips(tmp_path):
         tmp_path / "in", tmp_path / "out", policy=CleaningPolicy(max_nan_fraction=0.001), progress=False
     )
     assert report.skipped and "non-finite" in report.skipped[0].skip_reason
+
+
+def test_cli_converters(tmp_path, capsys):
+    from training.cli import main
+
+    make_bag(tmp_path / "bags" / "b1", "sqlite3", duration_s=1.2, channels=4, instruction=None)
+    code = main(
+        ["convert-bag", str(tmp_path / "bags"), str(tmp_path / "eps"), "--instruction", "Perform X task"]
+    )
+    assert code == 0 and "1 converted" in capsys.readouterr().out
+    assert Episode(tmp_path / "eps" / "b1").instruction == "Perform X task"
+    make_legacy_session(tmp_path / "legacy", stamp="s1", aline_channels=4, duration_s=1.5)
+    code = main(
+        ["convert-legacy", str(tmp_path / "legacy"), str(tmp_path / "eps"), "--min-duration-s", "2.0"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1 and "too short" in out and "SKIPPED" in out
+    code = main(["convert-legacy", str(tmp_path / "legacy"), str(tmp_path / "eps"), "--euler", "ZYX"])
+    assert (
+        code == 0
+        and Episode(tmp_path / "eps" / "Red_point__data_collection_s1").meta["metadata"]["euler_convention"]
+        == "ZYX"
+    )
