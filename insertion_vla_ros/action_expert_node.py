@@ -219,6 +219,8 @@ class ActionExpertNode(ManagedNode):
         self.sequence = 0
         self.missed_ticks = 0
         self.last_tick_ns: int | None = None
+        self._phase_ns: int | None = None  # time of the first tick after activation: the slot grid origin
+        self._last_slot: int | None = None
         self.tick_period_s = float("nan")
         self.last_decision: Decision | None = None
         self.last_latency_s = float("nan")
@@ -226,7 +228,7 @@ class ActionExpertNode(ManagedNode):
         self._rate_reference: tuple[int, int] | None = None  # (time ns, samples) for sensor_rate_hz
         self.sensor_rate_hz = float("nan")
         self._tick_lock = threading.Lock()
-        self._subscriptions: list[Any] = []
+        self._input_subscriptions: list[Any] = []
         self._timer = None
         self._chunk_pub = None
         self._twist_pub = None
@@ -265,7 +267,7 @@ class ActionExpertNode(ManagedNode):
         sensor_group = MutuallyExclusiveCallbackGroup()
         features_group = MutuallyExclusiveCallbackGroup()
         tick_group = MutuallyExclusiveCallbackGroup()  # the tick never waits for another callback
-        self._subscriptions.append(
+        self._input_subscriptions.append(
             self.create_subscription(
                 interfaces.SensorSamples,
                 p["sensor_topic"],
@@ -274,7 +276,7 @@ class ActionExpertNode(ManagedNode):
                 callback_group=sensor_group,
             )
         )
-        self._subscriptions.append(
+        self._input_subscriptions.append(
             self.create_subscription(
                 interfaces.VLFeatures,
                 p["features_topic"],
@@ -304,6 +306,7 @@ class ActionExpertNode(ManagedNode):
         with self._tick_lock:
             self.safety.reset()
             self.last_tick_ns = None
+            self._phase_ns = None
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -338,9 +341,9 @@ class ActionExpertNode(ManagedNode):
             if self._timer is not None:
                 self.destroy_timer(self._timer)
                 self._timer = None
-            for subscription in self._subscriptions:
+            for subscription in self._input_subscriptions:
                 self.destroy_subscription(subscription)
-            self._subscriptions.clear()
+            self._input_subscriptions.clear()
             for publisher in (self._chunk_pub, self._twist_pub, self._trajectory_pub):
                 if publisher is not None:
                     self.destroy_lifecycle_publisher(publisher)
@@ -397,8 +400,9 @@ class ActionExpertNode(ManagedNode):
         with self._tick_lock:
             if not self.is_active or self.policy is None:
                 return
-            tick_ns = self.get_clock().now().nanoseconds
-            self._account_tick(tick_ns)
+            tick_ns = self._account_tick(self.get_clock().now().nanoseconds)
+            if tick_ns is None:
+                return
             p = self.params
             window = self.buffer.window(
                 tick_ns,
@@ -441,14 +445,26 @@ class ActionExpertNode(ManagedNode):
                 clipped=clipped,
             )
 
-    def _account_tick(self, tick_ns: int) -> None:
-        self.tick_monitor.tick(tick_ns)
-        if self.last_tick_ns is not None and tick_ns > self.last_tick_ns:
-            interval = tick_ns - self.last_tick_ns
-            self.tick_period_s = interval / NS_PER_S
-            if interval > 1.5 * self.period_ns:
-                self.missed_ticks += int(round(interval / self.period_ns)) - 1
+    def _account_tick(self, now_ns: int) -> int | None:
+        """Snap the tick to its slot on the period grid; count skipped slots. ``None``: slot already done.
+
+        Stamping the scheduled slot time (not the moment the callback ran) keeps chunk stamps and sensor
+        windows identical across replays of the same bag; lateness shows up as missed ticks instead.
+        """
+        if self._phase_ns is None or now_ns < self._phase_ns:  # first tick, or time jumped back (bag loop)
+            self._phase_ns, self._last_slot = now_ns, None
+        slot = (now_ns - self._phase_ns) // self.period_ns
+        if self._last_slot is not None:
+            if slot <= self._last_slot:
+                return None
+            self.missed_ticks += int(slot - self._last_slot - 1)
+        tick_ns = self._phase_ns + slot * self.period_ns
+        if self.last_tick_ns is not None:
+            self.tick_period_s = (tick_ns - self.last_tick_ns) / NS_PER_S
+        self._last_slot = slot
         self.last_tick_ns = tick_ns
+        self.tick_monitor.tick(now_ns)
+        return tick_ns
 
     def _publish_outputs(
         self,

@@ -3,7 +3,7 @@
 The same nodes and parameters as ``launch/insertion_vla.launch.py``, for hosts without ros2 launch::
 
     bringup --checkpoint DIR [--params-file config/insertion_vla.yaml] [--use-sim-time] [--autostart]
-            [--remap /cameras/view1/image_raw:=/rig/cam1 ...] [--vlm-arg -p --vlm-arg vlm_period_s:=1.0]
+            [--remap /cameras/view1/image_raw:=/rig/cam1 ...] [--vlm-param vlm_period_s:=1.0]
 
 SIGINT/SIGTERM are forwarded to both nodes (started in their own sessions, so a terminal's Ctrl-C reaches
 them once, through here); bringup exits 0 when both stopped cleanly. If one node dies, the other is
@@ -47,16 +47,19 @@ def node_command(node: str, args: argparse.Namespace) -> list[str]:
         "--params-file",
         str(args.params_file),
     ]
+    # "-p node:name:=value": a plain "-p name:=value" loses against the YAML's node section
+    overrides = list(args.vlm_param if node == "vlm_node" else args.action_expert_param)
     if args.checkpoint:
-        command += ["-p", f"checkpoint:={args.checkpoint}"]
+        overrides.append(f"checkpoint:={args.checkpoint}")
     if args.use_sim_time:
-        command += ["-p", "use_sim_time:=true"]
+        overrides.append("use_sim_time:=true")
     if args.autostart:
-        command += ["-p", "autostart:=true"]
+        overrides.append("autostart:=true")
+    for override in overrides:
+        command += ["-p", f"{node}:{override}"]
     for remap in args.remap:
         command += ["-r", remap]
-    extra = args.vlm_arg if node == "vlm_node" else args.action_expert_arg
-    return command + list(extra)
+    return command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,21 +72,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--remap", action="append", default=[], metavar="FROM:=TO", help="topic remap, both nodes"
     )
-    parser.add_argument("--vlm-arg", action="append", default=[], help="extra --ros-args item for vlm_node")
     parser.add_argument(
-        "--action-expert-arg",
+        "--vlm-param", action="append", default=[], metavar="NAME:=VALUE", help="parameter override, vlm_node"
+    )
+    parser.add_argument(
+        "--action-expert-param",
         action="append",
         default=[],
-        help="extra --ros-args item for action_expert_node",
+        metavar="NAME:=VALUE",
+        help="parameter override, action_expert_node",
     )
     args = parser.parse_args(argv)
     if args.params_file is None:
         args.params_file = default_params_file()
     if not args.params_file.is_file():
         parser.error(f"--params-file {args.params_file} does not exist")
-    for remap in args.remap:
-        if ":=" not in remap:
-            parser.error(f"--remap {remap!r} must look like FROM:=TO")
+    options = (
+        ("--remap", args.remap),
+        ("--vlm-param", args.vlm_param),
+        ("--action-expert-param", args.action_expert_param),
+    )
+    for option, values in options:
+        for value in values:
+            if ":=" not in value:
+                parser.error(f"{option} {value!r} must look like NAME:=VALUE")
     return args
 
 

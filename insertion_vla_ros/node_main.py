@@ -41,6 +41,10 @@ def run_lifecycle_node(
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
+    except Exception:
+        if rclpy.ok():
+            raise
+        code = 0  # SIGINT/SIGTERM shut the context down under a spinning executor: a clean stop
     finally:
         if node is not None:
             try:

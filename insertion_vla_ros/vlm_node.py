@@ -170,7 +170,7 @@ class VlmNode(ManagedNode):
         self._busy = False
         self._pending = False
         self._worker: threading.Thread | None = None
-        self._subscriptions: list[Any] = []
+        self._input_subscriptions: list[Any] = []
         self._timer = None
         self._publisher = None
         monitor_group = MutuallyExclusiveCallbackGroup()
@@ -204,14 +204,14 @@ class VlmNode(ManagedNode):
         qos = input_qos(p["camera_qos"], p["camera_queue_size"])
         for name, topic in zip(p["camera_names"], p["camera_topics"]):
             topic = f"{topic}/compressed" if compressed else topic
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     message_type, topic, self._camera_callback(name), qos, callback_group=camera_group
                 )
             )
         # Two subscriptions: transient local gets a latched instruction, volatile gets plain publishers.
         for durability_qos in (LATCHED_QOS, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)):
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     String,
                     p["instruction_topic"],
@@ -245,9 +245,9 @@ class VlmNode(ManagedNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
-        for subscription in self._subscriptions:
+        for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
-        self._subscriptions.clear()
+        self._input_subscriptions.clear()
         if self._publisher is not None:
             self.destroy_lifecycle_publisher(self._publisher)
             self._publisher = None
