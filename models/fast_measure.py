@@ -32,7 +32,10 @@ INSTRUCTION = "Insert the needle into the target."
 
 
 def default_steps(extractor: VLFeatureExtractor, quantization: str) -> dict[str, FastPathConfig]:
-    """The steps to measure for this extractor's device and dtype (GPU-only ones only on CUDA)."""
+    """The steps to measure for this extractor's device and dtype (GPU-only ones only on CUDA).
+
+    ``quantization`` is one method or a comma-separated list (one step each).
+    """
     cuda = extractor.device.type == "cuda"
     cfg = extractor.config
     other_dtype = "float32" if cfg.dtype == "bfloat16" else "bfloat16"
@@ -51,7 +54,8 @@ def default_steps(extractor: VLFeatureExtractor, quantization: str) -> dict[str,
     steps["static_shapes"] = FastPathConfig(**static)
     if cuda:
         steps["pinned_stream"] = FastPathConfig(pin_memory=True, dedicated_stream=True)
-    steps[f"quant_{quantization}"] = FastPathConfig(quantization=quantization)
+    for method in quantization.split(","):  # e.g. "int8_weight_only,int8_dynamic"
+        steps[f"quant_{method}"] = FastPathConfig(quantization=method)
     steps["compile"] = FastPathConfig(compile=True, **static)
     if cuda:
         steps["combined"] = FastPathConfig(compile=True, pin_memory=True, dedicated_stream=True, **static)

@@ -154,8 +154,7 @@ def test_int8_dynamic_torch_ao_is_close_to_float(extractor, images, reference):
 @pytest.mark.parametrize("method", ["int8_weight_only", "int8_dynamic"])
 def test_torchao_int8_is_close_to_float(extractor, images, reference, method):
     ex = model_copy(extractor)
-    done = prepare_model(ex.hf_model, FastPathConfig(quantization=method), "cpu")
-    assert done["quantization_backend"] == "torchao"
+    assert quantize_vlm(ex.hf_model, method, backend="torchao") == "torchao"
     features, _ = FastVLM(ex).extract(images, INSTRUCTION)
     diff = feature_difference(reference, features)
     assert diff["cosine_min"] >= 0.98
@@ -168,6 +167,7 @@ def test_quantization_backend_choice():
         resolve_backend("int3")
     with pytest.raises(QuantizationError, match="needs torchao"):
         resolve_backend("int4_weight_only", backend="torch.ao")
+    assert resolve_backend("int8_dynamic", device_type="cpu") == "torch.ao"
     if not torchao_available():
         assert resolve_backend("int8_dynamic") == "torch.ao"
         with pytest.raises(QuantizationError, match="needs torchao"):
