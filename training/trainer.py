@@ -232,7 +232,8 @@ class Trainer:
         """Add VL features (Stage 1) and move tensors to the device."""
         out = dict(batch)
         if self.cfg.stage == 1:
-            out["vl_features"], out["vl_mask"] = self.features.features(batch["refs"])
+            features, out["vl_mask"] = self.features.features(batch["refs"])
+            out["vl_features"] = features.float()  # caches may hold float16/bfloat16 (feature_dtype)
             out.pop("images", None)
         out.pop("refs", None)
         return {k: v.to(self.info.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
