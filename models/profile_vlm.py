@@ -237,7 +237,7 @@ def profile(
             "device_name": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None,
             "views": vlm_config.num_views,
             "image_size": [width, height],
-            "dtype": effective.dtype if fast_config.dtype is None else fast_config.dtype,
+            "dtype": effective.dtype,
             "attn_implementation": applied.get(
                 "attn_implementation",
                 getattr(extractor.hf_model.config, "_attn_implementation", effective.attn_implementation),
