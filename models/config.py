@@ -104,7 +104,7 @@ class SensorEncoderConfig:
     window: int = 65
     channels: int = 1026
     force_channels: int = 1
-    patch_len: int = 5
+    patch_len: int = 13
     aline_embed_dim: int = 64
     sample_rate_hz: float = 650.0
 
@@ -140,7 +140,7 @@ class ActionExpertConfig:
     decoder_layers: int = 2
     ffn_mult: int = 4
     dropout: float = 0.0
-    vl_latents: int = 32
+    vl_latents: int = 16
     horizon: int = 8
     action_dim: int = 7
     head: str = "regression"

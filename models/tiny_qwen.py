@@ -13,6 +13,7 @@ values do not matter and saving 7 GB to disk would only cost time.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -126,6 +127,7 @@ def _model_config(architecture: Mapping[str, Any], tokenizer):
     from transformers import Qwen2_5_VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN_SPECIAL_TOKENS}
+    architecture = copy.deepcopy(dict(architecture))  # transformers edits nested dicts (rope) in place
     text = dict(architecture.get("text_config", {}))
     text.setdefault("vocab_size", len(tokenizer))
     text.setdefault("bos_token_id", ids["<|endoftext|>"])

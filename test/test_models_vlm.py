@@ -172,3 +172,25 @@ def test_lora_save_load_and_merge_preserve_features(tiny_qwen_dir, tmp_path):  #
     merged, _ = fresh.extract(views(0), "go")
     assert not lora_utils.lora_parameters(fresh.hf_model)
     assert torch.allclose(merged, adapted, atol=1e-4)
+
+
+def test_builtin_tiny_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    from models.vlm import resolve_model_path
+
+    monkeypatch.setenv("INSERTION_VLA_CACHE", str(tmp_path))
+    first = resolve_model_path("builtin:tiny")
+    stamp = (tmp_path / first.split("/")[-1] / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path("builtin:tiny") == first
+    assert (tmp_path / first.split("/")[-1] / "model.safetensors").stat().st_mtime_ns == stamp
+    assert resolve_model_path("/some/dir") == "/some/dir"
+
+
+def test_random_weight_builder_feeds_the_extractor(tiny_qwen_dir):  # noqa: F811
+    from models.tiny_qwen import TINY_ARCHITECTURE, build_random_qwen2_5_vl
+
+    state = torch.random.get_rng_state()
+    model, processor, _ = build_random_qwen2_5_vl(TINY_ARCHITECTURE, dtype=torch.float32, max_pixels=12544)
+    assert torch.equal(torch.random.get_rng_state(), state)  # building never perturbs the caller's RNG
+    ex = VLFeatureExtractor(model, tiny_config(tiny_qwen_dir).vlm, processor=processor)
+    feats, meta = ex.extract(views(0), "go")
+    assert feats.shape == (80, 64) and meta.tokens_per_view == [16] * 5
