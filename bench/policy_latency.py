@@ -39,16 +39,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CPU_SAMPLES: dict[int, list[float]] = {}
+
+
 def _time(fn, iters: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall-clock samples; the calling thread's CPU time per call goes to ``CPU_SAMPLES[id(result)]``.
+
+    On a shared machine wall time includes waiting for a core; with one torch thread the CPU time is what
+    the call costs on an idle core, so both are reported.
+    """
     for _ in range(warmup):
         fn()
     _sync(device)
-    samples = []
+    samples, cpu = [], []
     for _ in range(iters):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
         _sync(device)
         samples.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
+    CPU_SAMPLES[id(samples)] = cpu
     return samples
 
 
@@ -68,6 +78,8 @@ def bench_action_expert(
         key = prefix if head == "regression" else f"{prefix}_flow"
         samples = _time(lambda p=policy, e=encoded: p.predict_actions(e, window, 0.5), iters, 5, device)
         metrics.update(percentiles_ms(samples, key))
+        if device.type == "cpu":
+            metrics.update(percentiles_ms(CPU_SAMPLES[id(samples)], f"{key}_cpu"))
         if head == "regression":
             # A fresh tensor object per call defeats the identity cache: the un-amortised cost.
             samples = _time(
