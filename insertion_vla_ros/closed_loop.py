@@ -90,9 +90,13 @@ class ChunkExecutor:
                 self.stats.rejected += 1
                 return False
             self._newest = Chunk(
-                chunk.stamp_ns, actions, int(chunk.status), float(chunk.step_dt_s), float(chunk.vl_age_s),
+                chunk.stamp_ns,
+                actions,
+                int(chunk.status),
+                float(chunk.step_dt_s),
+                float(chunk.vl_age_s),
                 int(chunk.sequence),
-            )  # fmt: skip
+            )
             return True
 
     @property
@@ -171,8 +175,9 @@ class EndRule:
         """Start watching a new episode."""
         self._tips.clear()
 
-    def update(self, time_s: float, tip_mm: np.ndarray, depth_mm: float, max_force_n: float,
-               force_limit_n: float) -> str:  # fmt: skip
+    def update(
+        self, time_s: float, tip_mm: np.ndarray, depth_mm: float, max_force_n: float, force_limit_n: float
+    ) -> str:
         """Feed the state after a control tick; return the end reason, or ``""`` to go on."""
         self._tips.append((time_s, np.asarray(tip_mm, dtype=np.float64).copy()))
         start = time_s - self.settle_window_s + 1e-9

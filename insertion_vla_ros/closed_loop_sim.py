@@ -131,7 +131,9 @@ class ClosedLoopRunner:
         dt_ns = int(round(cfg.action_period_s * NS_PER_S))
         tick_ns = NS_PER_S // rig.config.robot.control_rate_hz
         sync = cfg.mode == "sync"
-        horizon_s = 0.8 if self.policy is None else self.policy.config.action_expert.horizon * cfg.action_period_s
+        horizon_s = (
+            0.8 if self.policy is None else self.policy.config.action_expert.horizon * cfg.action_period_s
+        )
         executor = ChunkExecutor(max_chunk_age_s=horizon_s if sync else 1.5 * cfg.action_period_s)
         executor.reset(rig.start_ns)
         end = EndRule(max_episode_s=cfg.max_episode_s)
@@ -140,12 +142,17 @@ class ClosedLoopRunner:
         if cfg.mode == "expert":
             from sim.expert import ScriptedExpert
 
-            expert = ScriptedExpert(rig.scene, step_s=cfg.action_period_s, seed=seed, gripper=rig.config.robot.gripper)
+            expert = ScriptedExpert(
+                rig.scene, step_s=cfg.action_period_s, seed=seed, gripper=rig.config.robot.gripper
+            )
         else:
             buffer = SensorRingBuffer(4 * self.window, self.channels, float(rig.config.sensor.rate_hz))
             safety = SafetyLimiter(cfg.step_limits, cfg.rate_limits)
-            vlm = SimulatedVlm(self._extractor(), int(round(cfg.vlm_period_s * NS_PER_S)),
-                               int(round(cfg.vlm_latency_s * NS_PER_S)))  # fmt: skip
+            vlm = SimulatedVlm(
+                self._extractor(),
+                int(round(cfg.vlm_period_s * NS_PER_S)),
+                int(round(cfg.vlm_latency_s * NS_PER_S)),
+            )
             used_sequence = 0
         next_tick = rig.start_ns
         reason = ""
@@ -176,8 +183,13 @@ class ClosedLoopRunner:
             else:
                 step_s = executor.newest.step_dt_s
             rig.apply_action(control_piece(action, (tick_ns / NS_PER_S) / step_s), tick_ns / NS_PER_S)
-            reason = end.update(rig.time_s, rig.pose()[0:3], rig.tip_depth_mm(), rig.sensor.max_force_n,
-                                rig.config.task.force_limit_n)  # fmt: skip
+            reason = end.update(
+                rig.time_s,
+                rig.pose()[0:3],
+                rig.tip_depth_mm(),
+                rig.sensor.max_force_n,
+                rig.config.task.force_limit_n,
+            )
         result = rig.evaluate()
         result.update(
             end_reason=reason,
@@ -186,8 +198,12 @@ class ClosedLoopRunner:
             chunks_ok_per_s=trace.chunks_ok / max(rig.time_s, 1e-9),
             vl_age_mean_s=float(np.mean(trace.vl_ages_s)) if trace.vl_ages_s else float("nan"),
             vl_age_max_s=float(np.max(trace.vl_ages_s)) if trace.vl_ages_s else float("nan"),
-            action_wall_ms_p50=float(np.median(trace.action_wall_s) * 1e3) if trace.action_wall_s else float("nan"),
-            vlm_wall_ms_p50=float(np.median(vlm.wall_s) * 1e3) if expert is None and vlm.wall_s else float("nan"),
+            action_wall_ms_p50=float(np.median(trace.action_wall_s) * 1e3)
+            if trace.action_wall_s
+            else float("nan"),
+            vlm_wall_ms_p50=float(np.median(vlm.wall_s) * 1e3)
+            if expert is None and vlm.wall_s
+            else float("nan"),
         )
         return result
 
@@ -204,12 +220,23 @@ class ClosedLoopRunner:
 
         return extract
 
-    def _tick(self, now: int, newest: VlmResult | None, buffer: SensorRingBuffer, safety: SafetyLimiter,
-              trace: EpisodeTrace) -> Chunk | None:  # fmt: skip
+    def _tick(
+        self,
+        now: int,
+        newest: VlmResult | None,
+        buffer: SensorRingBuffer,
+        safety: SafetyLimiter,
+        trace: EpisodeTrace,
+    ) -> Chunk | None:
         info = None if newest is None else FeatureInfo(newest.sequence, newest.capture_ns, self.fingerprint)
         window = buffer.window(now, self.window, max_age_ns=NS_PER_S // 10)
-        decision = check_inputs(now, info, expected_fingerprint=self.fingerprint, max_age_ns=self.max_age_ns,
-                                window_problem=window.problem)  # fmt: skip
+        decision = check_inputs(
+            now,
+            info,
+            expected_fingerprint=self.fingerprint,
+            max_age_ns=self.max_age_ns,
+            window_problem=window.problem,
+        )
         horizon = self.policy.config.action_expert.horizon
         actions = np.zeros((horizon, 7), np.float32)
         if decision.ok:

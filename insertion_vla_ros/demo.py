@@ -1,4 +1,4 @@
-"""``make demo``: sim demonstrations -> tiny Qwen2.5-VL -> Stage 1 policy -> closed loop through the real nodes.
+"""``make demo``: sim demonstrations -> tiny Qwen2.5-VL -> Stage 1 policy -> closed loop through real nodes.
 
 Every step before the closed loop is cached under ``--work`` (default ``demo_output/``) and reused by later
 runs with the same settings. The closed loop runs sim_node, vlm_node and action_expert_node as separate
@@ -19,19 +19,29 @@ from insertion_vla_ros.demo_pipeline import DataSettings, TrainSettings
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (all with defaults sized for a 2-core CPU machine)."""
     p = argparse.ArgumentParser(prog="demo", description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("demo_output"), help="cache/work folder (default demo_output)")
+    p.add_argument(
+        "--work", type=Path, default=Path("demo_output"), help="cache/work folder (default demo_output)"
+    )
     p.add_argument("--episodes", type=int, default=3, help="closed-loop episodes (default 3)")
-    p.add_argument("--demos", type=int, default=16, help="expert demonstrations to train on (default 16)")
-    p.add_argument("--steps", type=int, default=300, help="Stage 1 training steps (default 300)")
+    p.add_argument("--demos", type=int, default=12, help="expert demonstrations to train on (default 12)")
+    p.add_argument("--steps", type=int, default=250, help="Stage 1 training steps (default 250)")
     p.add_argument("--batch", type=int, default=32, help="Stage 1 global batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="demonstration/training seed (default 0)")
-    p.add_argument("--eval-seed", type=int, default=1000, help="seed of the closed-loop episodes (default 1000)")
+    p.add_argument(
+        "--eval-seed", type=int, default=1000, help="seed of the closed-loop episodes (default 1000)"
+    )
     p.add_argument("--rate", type=float, default=1.0, help="sim time per wall time (default 1.0)")
-    p.add_argument("--lockstep-timeout", type=float, default=2.0,
-                   help="sim waits up to this long (wall s) for each due chunk; 0 = free-running (default 2.0)")  # fmt: skip
+    p.add_argument(
+        "--lockstep-timeout",
+        type=float,
+        default=2.0,
+        help="sim waits up to this long (wall s) for each due chunk; 0 = free-running (default 2.0)",
+    )
     p.add_argument("--vlm-period", type=float, default=1.7, help="vlm_node period, s (default 1.7)")
     p.add_argument("--max-episode-s", type=float, default=15.0, help="episode time limit, sim s (default 15)")
-    p.add_argument("--timeout", type=float, default=900.0, help="closed-loop wall time limit, s (default 900)")
+    p.add_argument(
+        "--timeout", type=float, default=900.0, help="closed-loop wall time limit, s (default 900)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -62,23 +72,40 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     train = TrainSettings(steps=args.steps, global_batch=args.batch, seed=args.seed)
-    print(f"[3/4] Stage 1 training, {args.steps} steps (VL feature cache on; reused when cached) ...", flush=True)
+    print(
+        f"[3/4] Stage 1 training, {args.steps} steps (VL feature cache on; reused when cached) ...",
+        flush=True,
+    )
     checkpoint = ensure_policy(work, data_dir, data, train, progress=progress)
     metrics = checkpoint.parent / "final_metrics.json"
     if metrics.is_file():
         values = json.loads(metrics.read_text())
-        shown = {k: round(v, 4) for k, v in values.items() if k in ("train/loss", "val/loss", "val/mae_dz", "val/mae_dx")}
+        shown = {
+            k: round(v, 4)
+            for k, v in values.items()
+            if k in ("train/loss", "val/loss", "val/mae_dz", "val/mae_dx")
+        }
         print(f"      {checkpoint} {shown}", flush=True)
     timings["training_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    print(f"[4/4] closed loop: sim_node + vlm_node + action_expert_node ({args.episodes} episodes, sim time x{args.rate})",
-          flush=True)  # fmt: skip
+    print(
+        f"[4/4] closed loop: sim_node + vlm_node + action_expert_node "
+        f"({args.episodes} episodes, sim time x{args.rate})",
+        flush=True,
+    )
     settings = LoopSettings(
-        checkpoint=checkpoint, episodes=args.episodes, seed=args.eval_seed, rate=args.rate,
-        lockstep_timeout_s=args.lockstep_timeout, vlm_period_s=args.vlm_period, max_episode_s=args.max_episode_s,
-        timeout_s=args.timeout, results_file=work / "closed_loop_results.json", log_dir=work / "logs",
-    )  # fmt: skip
+        checkpoint=checkpoint,
+        episodes=args.episodes,
+        seed=args.eval_seed,
+        rate=args.rate,
+        lockstep_timeout_s=args.lockstep_timeout,
+        vlm_period_s=args.vlm_period,
+        max_episode_s=args.max_episode_s,
+        timeout_s=args.timeout,
+        results_file=work / "closed_loop_results.json",
+        log_dir=work / "logs",
+    )
     results = run_closed_loop(settings)
     timings["closed_loop_s"] = time.perf_counter() - started
 

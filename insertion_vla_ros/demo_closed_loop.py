@@ -1,5 +1,7 @@
-"""The demo's closed loop through the real nodes: sim_node + bringup (vlm_node, action_expert_node) as
-processes on sim time, watched by a small monitor node that prints live status and collects the results.
+"""The demo's closed loop through the real nodes (sim_node + bringup processes on sim time) and its monitor.
+
+sim_node, vlm_node and action_expert_node run as processes; a small monitor node prints live status and
+collects the results.
 """
 
 from __future__ import annotations
@@ -39,17 +41,41 @@ class LoopSettings:
 def sim_command(s: LoopSettings) -> list[str]:
     """Command line of the sim node process."""
     return [
-        sys.executable, "-m", "insertion_vla_ros.sim_node", "--ros-args",
-        "-p", f"seed:={s.seed}", "-p", f"num_episodes:={s.episodes}", "-p", f"rate:={float(s.rate)}",
-        "-p", f"lockstep_timeout_s:={float(s.lockstep_timeout_s)}", "-p", f"max_episode_s:={float(s.max_episode_s)}",
-        "-p", f"results_file:={s.results_file}", "-p", "exit_when_done:=true", *s.extra_sim_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "insertion_vla_ros.sim_node",
+        "--ros-args",
+        "-p",
+        f"seed:={s.seed}",
+        "-p",
+        f"num_episodes:={s.episodes}",
+        "-p",
+        f"rate:={float(s.rate)}",
+        "-p",
+        f"lockstep_timeout_s:={float(s.lockstep_timeout_s)}",
+        "-p",
+        f"max_episode_s:={float(s.max_episode_s)}",
+        "-p",
+        f"results_file:={s.results_file}",
+        "-p",
+        "exit_when_done:=true",
+        *s.extra_sim_args,
+    ]
 
 
 def bringup_command(s: LoopSettings) -> list[str]:
     """Command line of ``bringup`` (both policy nodes, sim time, auto-activated)."""
-    command = [sys.executable, "-m", "insertion_vla_ros.bringup", "--checkpoint", str(s.checkpoint),
-               "--use-sim-time", "--autostart", f"--vlm-arg=-p", f"--vlm-arg=vlm_period_s:={float(s.vlm_period_s)}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "insertion_vla_ros.bringup",
+        "--checkpoint",
+        str(s.checkpoint),
+        "--use-sim-time",
+        "--autostart",
+        "--vlm-arg=-p",
+        f"--vlm-arg=vlm_period_s:={float(s.vlm_period_s)}",
+    ]
     if s.params_file is not None:
         command += ["--params-file", str(s.params_file)]
     return command
@@ -75,7 +101,9 @@ class Monitor:
         self.chunk_total = 0
         node.create_subscription(String, STATUS_TOPIC, self._on_sim, 10)
         node.create_subscription(String, RESULT_TOPIC, self._on_result, LATCHED_RESULTS_QOS)
-        node.create_subscription(interfaces.ControllerStatus, "/action_expert_node/status", self._on_expert, 10)
+        node.create_subscription(
+            interfaces.ControllerStatus, "/action_expert_node/status", self._on_expert, 10
+        )
         node.create_subscription(interfaces.ControllerStatus, "/vlm_node/status", self._on_vlm, 10)
         node.create_subscription(interfaces.ActionChunk, "/vla/action_chunk", self._on_chunk, 50)
 
@@ -109,24 +137,33 @@ class Monitor:
             return "waiting for sim_node ..."
         if sim.get("state") == "warmup":
             return f"warming up: loading models, {sim.get('chunks_received', 0)} chunks so far"
-        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 and stamps[-1] > stamps[0] else 0.0
+        rate = (
+            (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            if len(stamps) > 2 and stamps[-1] > stamps[0]
+            else 0.0
+        )
         e, v = self.expert, self.vlm
         age = f"{e.vl_feature_age_s:4.2f}s" if e is not None and np.isfinite(e.vl_feature_age_s) else "  -  "
-        vlm_ms = f"{v.vlm_latency_s * 1e3:4.0f}ms" if v is not None and np.isfinite(v.vlm_latency_s) else "  -  "
+        vlm_ms = (
+            f"{v.vlm_latency_s * 1e3:4.0f}ms" if v is not None and np.isfinite(v.vlm_latency_s) else "  -  "
+        )
         holds = int(e.hold_count) if e is not None else 0
         return (
             f"ep {sim['episode'] + 1}/{episodes} t={sim['episode_time_s']:5.1f}s {sim['target']:<6} "
-            f"depth {sim['depth_mm']:+5.2f}mm (err {sim['depth_error_mm']:+5.2f}) lat {sim['lateral_error_mm']:5.2f}mm "
-            f"F {sim['max_force_n']:4.2f}N | chunks {rate:4.1f}/s sim, OK {ok_fraction:4.0%} | VL age {age} "
-            f"VLM {vlm_ms} | holds {holds} | robot {sim['hold_reason'] or 'moving'} | RTF {sim['real_time_factor']:.2f}"
+            f"depth {sim['depth_mm']:+5.2f}mm (err {sim['depth_error_mm']:+5.2f}) "
+            f"lat {sim['lateral_error_mm']:5.2f}mm F {sim['max_force_n']:4.2f}N | "
+            f"chunks {rate:4.1f}/s sim, OK {ok_fraction:4.0%} | VL age {age} "
+            f"VLM {vlm_ms} | holds {holds} | robot {sim['hold_reason'] or 'moving'} | "
+            f"RTF {sim['real_time_factor']:.2f}"
         )
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "w")  # noqa: SIM115 - closed when the process is reaped (GC of Popen)
-    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=os.environ.copy())  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+    )
 
 
 def _stop(process: subprocess.Popen, timeout_s: float = 25.0) -> int:
@@ -139,7 +176,9 @@ def _stop(process: subprocess.Popen, timeout_s: float = 25.0) -> int:
     return process.wait()
 
 
-def run_closed_loop(settings: LoopSettings, print_every_s: float = 1.0, out: Any = sys.stdout) -> list[dict[str, Any]]:
+def run_closed_loop(
+    settings: LoopSettings, print_every_s: float = 1.0, out: Any = sys.stdout
+) -> list[dict[str, Any]]:
     """Run the episodes through the real nodes; print live status; return the per-episode results."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -165,8 +204,10 @@ def run_closed_loop(settings: LoopSettings, print_every_s: float = 1.0, out: Any
             if sim.poll() is not None:
                 break
             if nodes.poll() is not None:
-                print(f"the nodes exited early (code {nodes.returncode}); see {settings.log_dir}/nodes.log",
-                      file=out)  # fmt: skip
+                print(
+                    f"the nodes exited early (code {nodes.returncode}); see {settings.log_dir}/nodes.log",
+                    file=out,
+                )
                 break
         else:
             print(f"closed loop timed out after {settings.timeout_s:.0f} s", file=out)
@@ -183,18 +224,23 @@ def run_closed_loop(settings: LoopSettings, print_every_s: float = 1.0, out: Any
 
 def results_table(results: list[dict[str, Any]]) -> str:
     """The final table: one row per episode plus the success rate."""
-    header = f"{'episode':>7} {'target':<7} {'success':<8} {'depth err mm':>12} {'lateral mm':>10} {'max force N':>11} {'time s':>6}  end"
+    header = (
+        f"{'episode':>7} {'target':<7} {'success':<8} {'depth err mm':>12} {'lateral mm':>10} "
+        f"{'max force N':>11} {'time s':>6}  end"
+    )
     rows = [header, "-" * len(header)]
     for r in results:
         rows.append(
-            f"{r['episode'] + 1:>7} {r['target']:<7} {'yes' if r['success'] else 'no':<8} {r['depth_error_mm']:>+12.2f} "
-            f"{r['lateral_error_mm']:>10.2f} {r['max_force_n']:>11.2f} {r['time_s']:>6.1f}  {r['end_reason']}"
+            f"{r['episode'] + 1:>7} {r['target']:<7} {'yes' if r['success'] else 'no':<8} "
+            f"{r['depth_error_mm']:>+12.2f} {r['lateral_error_mm']:>10.2f} {r['max_force_n']:>11.2f} "
+            f"{r['time_s']:>6.1f}  {r['end_reason']}"
         )
     if results:
         rate = sum(bool(r["success"]) for r in results) / len(results)
         rows.append("-" * len(header))
         rows.append(
-            f"success {rate:.0%} ({sum(bool(r['success']) for r in results)}/{len(results)}), mean |depth err| "
+            f"success {rate:.0%} ({sum(bool(r['success']) for r in results)}/{len(results)}), "
+            "mean |depth err| "
             f"{np.mean([abs(r['depth_error_mm']) for r in results]):.2f} mm, mean lateral "
             f"{np.mean([r['lateral_error_mm'] for r in results]):.2f} mm, max force "
             f"{max(r['max_force_n'] for r in results):.2f} N"

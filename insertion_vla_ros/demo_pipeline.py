@@ -42,7 +42,9 @@ def _tag(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def ensure_demonstrations(work: Path, settings: DataSettings, progress: bool = True) -> tuple[Path, list[dict]]:
+def ensure_demonstrations(
+    work: Path, settings: DataSettings, progress: bool = True
+) -> tuple[Path, list[dict]]:
     """Generate (or reuse) expert demonstrations; return (episodes folder, per-episode summaries)."""
     from sim.demos import generate_demonstrations
 
@@ -53,9 +55,13 @@ def ensure_demonstrations(work: Path, settings: DataSettings, progress: bool = T
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     summaries = generate_demonstrations(
-        staging / "episodes", settings.episodes, seed=settings.seed, image_size=settings.image_size,
-        camera_rate_hz=settings.camera_rate_hz, progress=progress,
-    )  # fmt: skip
+        staging / "episodes",
+        settings.episodes,
+        seed=settings.seed,
+        image_size=settings.image_size,
+        camera_rate_hz=settings.camera_rate_hz,
+        progress=progress,
+    )
     (staging / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)

@@ -53,7 +53,11 @@ def read_bag(path: Path, cameras: list[str]) -> BagStreams:
     with AnyReader([Path(path)], default_typestore=build_typestore()) as reader:
         for connection, _, raw in reader.messages():
             topic = connection.topic
-            if topic not in by_topic and topic not in (topics.SENSOR_TOPIC, topics.POSE_TOPIC, topics.INSTRUCTION_TOPIC):
+            if topic not in by_topic and topic not in (
+                topics.SENSOR_TOPIC,
+                topics.POSE_TOPIC,
+                topics.INSTRUCTION_TOPIC,
+            ):
                 continue
             msg = reader.deserialize(raw, connection.msgtype)
             if topic in by_topic:
@@ -81,9 +85,12 @@ def read_bag(path: Path, cameras: list[str]) -> BagStreams:
     return BagStreams(
         {n: np.array([s for s, _ in f]) for n, f in frames.items()},
         {n: [x for _, x in f] for n, f in frames.items()},
-        np.concatenate(sensor_stamps), np.concatenate(sensor),
-        np.array([s for s, _ in poses]), np.stack([p for _, p in poses]), instruction,
-    )  # fmt: skip
+        np.concatenate(sensor_stamps),
+        np.concatenate(sensor),
+        np.array([s for s, _ in poses]),
+        np.stack([p for _, p in poses]),
+        instruction,
+    )
 
 
 def pose_at(streams: BagStreams, t_ns: int) -> np.ndarray | None:
@@ -92,8 +99,14 @@ def pose_at(streams: BagStreams, t_ns: int) -> np.ndarray | None:
     return None if i < 0 else streams.poses[i]
 
 
-def evaluate_bag(bag: Path, policy: Any, vlm_latency_s: float, vlm_period_s: float, period_s: float = 0.1,
-                 instruction: str | None = None) -> dict[str, Any]:  # fmt: skip
+def evaluate_bag(
+    bag: Path,
+    policy: Any,
+    vlm_latency_s: float,
+    vlm_period_s: float,
+    period_s: float = 0.1,
+    instruction: str | None = None,
+) -> dict[str, Any]:
     """Run the policy over ``bag``; return per-tick records and the metrics."""
     from insertion_vla_ros.closed_loop_sim import SimulatedVlm
     from insertion_vla_ros.hold_policy import FeatureInfo, check_inputs, check_output
@@ -131,10 +144,19 @@ def evaluate_bag(bag: Path, policy: Any, vlm_latency_s: float, vlm_period_s: flo
         newest = vlm.newest()
         info = None if newest is None else FeatureInfo(newest.sequence, newest.capture_ns, policy.fingerprint)
         win = buffer.window(t, window, max_age_ns=NS_PER_S // 10)
-        decision = check_inputs(t, info, expected_fingerprint=policy.fingerprint, max_age_ns=max_age_ns,
-                                window_problem=win.problem)  # fmt: skip
-        record: dict[str, Any] = {"t_s": (t - first) / NS_PER_S, "status": int(decision.status),
-                                  "reason": decision.reason, "vl_age_s": decision.vl_age_s}  # fmt: skip
+        decision = check_inputs(
+            t,
+            info,
+            expected_fingerprint=policy.fingerprint,
+            max_age_ns=max_age_ns,
+            window_problem=win.problem,
+        )
+        record: dict[str, Any] = {
+            "t_s": (t - first) / NS_PER_S,
+            "status": int(decision.status),
+            "reason": decision.reason,
+            "vl_age_s": decision.vl_age_s,
+        }
         recorded = [pose_at(streams, t + j * dt) for j in range(horizon + 1)]
         if decision.ok and all(p is not None for p in recorded):
             started = time.perf_counter()
@@ -144,17 +166,28 @@ def evaluate_bag(bag: Path, policy: Any, vlm_latency_s: float, vlm_period_s: flo
             record["status"] = int(decision.status)
             if decision.ok:
                 record["predicted"] = pred
-                record["recorded"] = np.stack([pose_delta(recorded[j], recorded[j + 1]) for j in range(horizon)])
+                record["recorded"] = np.stack(
+                    [pose_delta(recorded[j], recorded[j + 1]) for j in range(horizon)]
+                )
         ticks.append(record)
-    return {"ticks": ticks, "vlm_wall_s": vlm.wall_s, "names": list(policy.action_names),
-            "instruction": text, "duration_s": (last - first) / NS_PER_S}  # fmt: skip
+    return {
+        "ticks": ticks,
+        "vlm_wall_s": vlm.wall_s,
+        "names": list(policy.action_names),
+        "instruction": text,
+        "duration_s": (last - first) / NS_PER_S,
+    }
 
 
 def metrics_of(run: dict[str, Any]) -> dict[str, Any]:
     """Per-dimension errors (first step and whole chunk), VL age, latency and hold statistics."""
     names, ticks = run["names"], run["ticks"]
     ok = [t for t in ticks if "predicted" in t]
-    out: dict[str, Any] = {"ticks": len(ticks), "ok_ticks": len(ok), "hold_or_waiting_ticks": len(ticks) - len(ok)}
+    out: dict[str, Any] = {
+        "ticks": len(ticks),
+        "ok_ticks": len(ok),
+        "hold_or_waiting_ticks": len(ticks) - len(ok),
+    }
     if ok:
         pred = np.stack([t["predicted"] for t in ok])
         rec = np.stack([t["recorded"] for t in ok])
@@ -165,9 +198,14 @@ def metrics_of(run: dict[str, Any]) -> dict[str, Any]:
             out[f"rmse_chunk_{name}"] = float(np.sqrt(np.mean(err[:, :, i] ** 2)))
         out["translation_error_first_step_mm_mean"] = float(np.mean(np.linalg.norm(err[:, 0, :3], axis=1)))
         ages = np.array([t["vl_age_s"] for t in ok])
-        out.update(vl_age_mean_s=float(ages.mean()), vl_age_min_s=float(ages.min()), vl_age_max_s=float(ages.max()))
+        out.update(
+            vl_age_mean_s=float(ages.mean()), vl_age_min_s=float(ages.min()), vl_age_max_s=float(ages.max())
+        )
         lat = np.array([t["latency_s"] for t in ok]) * 1e3
-        out.update(action_latency_p50_ms=float(np.percentile(lat, 50)), action_latency_p95_ms=float(np.percentile(lat, 95)))
+        out.update(
+            action_latency_p50_ms=float(np.percentile(lat, 50)),
+            action_latency_p95_ms=float(np.percentile(lat, 95)),
+        )
     if run["vlm_wall_s"]:
         out["vlm_wall_p50_ms"] = float(np.median(run["vlm_wall_s"]) * 1e3)
     reasons: dict[str, int] = {}
@@ -241,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     run = evaluate_bag(args.bag, policy, args.vlm_latency, args.vlm_period, args.period, args.instruction)
     metrics = metrics_of(run)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"bag": str(args.bag), "checkpoint": str(args.checkpoint), "instruction": run["instruction"],
-              "vlm_latency_s": args.vlm_latency, "vlm_period_s": args.vlm_period, "metrics": metrics}  # fmt: skip
+    report = {
+        "bag": str(args.bag),
+        "checkpoint": str(args.checkpoint),
+        "instruction": run["instruction"],
+        "vlm_latency_s": args.vlm_latency,
+        "vlm_period_s": args.vlm_period,
+        "metrics": metrics,
+    }
     (args.out / "metrics.json").write_text(json.dumps(report, indent=1))
     plots = write_plots(run, args.out)
     print(json.dumps(report["metrics"], indent=1))

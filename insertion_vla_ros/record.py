@@ -79,14 +79,23 @@ def record_rclpy(output: Path, outputs: bool = True, duration_s: float = 0.0) ->
     try:
         for topic, msgtype in topic_list(outputs):
             latched = topic in LATCHED_TOPICS
-            connection = writer.add_connection(topic, msgtype, typestore=typestore,
-                                               offered_qos_profiles=[LATCHED_QOS if latched else STREAM_QOS])  # fmt: skip
+            connection = writer.add_connection(
+                topic,
+                msgtype,
+                typestore=typestore,
+                offered_qos_profiles=[LATCHED_QOS if latched else STREAM_QOS],
+            )
             package, _, name = msgtype.split("/")
             cls = getattr(importlib.import_module(f"{package}.msg"), name)
-            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)  # receives from any publisher
+            qos = QoSProfile(
+                depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT
+            )  # receives from any publisher
             if latched:
-                qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+                qos = QoSProfile(
+                    depth=1,
+                    reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                )
 
             def write(raw: bytes, connection=connection, topic=topic) -> None:
                 stamp = node.get_clock().now().nanoseconds
@@ -115,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="record", description=__doc__.splitlines()[0])
     p.add_argument("-o", "--output", default=None, help="bag folder to write")
     p.add_argument("--inputs-only", action="store_true", help="only the rig's topics (what training needs)")
-    p.add_argument("--run", action="store_true", help="run ros2 bag record (falls back to --rclpy without ros2)")
+    p.add_argument(
+        "--run", action="store_true", help="run ros2 bag record (falls back to --rclpy without ros2)"
+    )
     p.add_argument("--rclpy", action="store_true", help="record with the pure-rclpy MCAP recorder")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
     args = p.parse_args(argv)

@@ -50,8 +50,9 @@ def is_latched(connection: Any) -> bool:
 class BagPlayer:
     """Publishers for a bag's topics plus the paced playback loop."""
 
-    def __init__(self, node: Any, bag: Path, remaps: dict[str, str] | None = None,
-                 topics: Sequence[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, node: Any, bag: Path, remaps: dict[str, str] | None = None, topics: Sequence[str] | None = None
+    ) -> None:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosbags.highlevel import AnyReader
         from rosgraph_msgs.msg import Clock
@@ -75,7 +76,9 @@ class BagPlayer:
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
             )
             topic = self.remaps.get(connection.topic, connection.topic)
-            self.publishers[connection.id] = node.create_publisher(message_class(connection.msgtype), topic, qos)
+            self.publishers[connection.id] = node.create_publisher(
+                message_class(connection.msgtype), topic, qos
+            )
         self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         self.start_ns = self.reader.start_time
         self.end_ns = self.reader.end_time
@@ -114,7 +117,10 @@ class BagPlayer:
                 if delay <= 0:
                     return
                 if clock_step_ns:
-                    delay = min(delay, max(0.0, wall0 + (next_clock - self.start_ns) / NS_PER_S / rate - time.monotonic()))
+                    delay = min(
+                        delay,
+                        max(0.0, wall0 + (next_clock - self.start_ns) / NS_PER_S / rate - time.monotonic()),
+                    )
                 time.sleep(max(delay, 0.0005))
 
         for timestamp, connection_id, raw in self.messages():
@@ -145,11 +151,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="replay", description=__doc__.splitlines()[0])
     p.add_argument("bag", type=Path, help="rosbag2 folder (or .mcap/.db3 file)")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
-    p.add_argument("--clock", type=float, default=200.0, help="/clock rate in Hz, 0 = no /clock (default 200)")
+    p.add_argument(
+        "--clock", type=float, default=200.0, help="/clock rate in Hz, 0 = no /clock (default 200)"
+    )
     p.add_argument("--loop", action="store_true", help="play again and again until Ctrl-C")
     p.add_argument("--remap", nargs="*", default=[], metavar="FROM:=TO", help="topic remapping")
     p.add_argument("--topics", nargs="*", default=None, help="play only these topics")
-    p.add_argument("--delay", type=float, default=1.0, help="wall seconds to wait for discovery first (default 1)")
+    p.add_argument(
+        "--delay", type=float, default=1.0, help="wall seconds to wait for discovery first (default 1)"
+    )
     return p.parse_args(argv)
 
 
@@ -173,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
         duration = (player.end_ns - player.start_ns) / NS_PER_S
-        print(f"replay: {args.bag} ({duration:.1f} s, {len(player.connections)} topics) at x{args.rate}, "
-              f"/clock {args.clock:g} Hz", flush=True)  # fmt: skip
+        print(
+            f"replay: {args.bag} ({duration:.1f} s, {len(player.connections)} topics) at x{args.rate}, "
+            f"/clock {args.clock:g} Hz",
+            flush=True,
+        )
         while True:
             count = player.play(args.rate, args.clock, should_stop=lambda: not rclpy.ok())
             print(f"replay: published {count} messages", flush=True)

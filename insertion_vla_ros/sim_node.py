@@ -59,37 +59,100 @@ RESULT_TOPIC = "/sim/episode_result"
 CLOCK_START_NS = NS_PER_S
 
 PARAMETERS: list[ParamSpec] = [
-    ParamSpec("seed", 0, "Seed of the episode sequence (episode i uses sim.demos.episode_seed(seed, i)).",
-              read_only=True, minimum=0, maximum=2**31 - 1),
+    ParamSpec(
+        "seed",
+        0,
+        "Seed of the episode sequence (episode i uses sim.demos.episode_seed(seed, i)).",
+        read_only=True,
+        minimum=0,
+        maximum=2**31 - 1,
+    ),
     ParamSpec("num_episodes", 3, "Episodes to run (0: forever).", read_only=True, minimum=0, maximum=100000),
     ParamSpec("targets", [""], "Target colours to cycle through ([''] : drawn per episode).", read_only=True),
     ParamSpec("image_width", 112, "Camera image width, px.", read_only=True, minimum=16, maximum=4096),
     ParamSpec("image_height", 112, "Camera image height, px.", read_only=True, minimum=16, maximum=4096),
-    ParamSpec("camera_rate_hz", 10.0, "Camera frame rate (must divide 100 Hz).", read_only=True,
-              minimum=1.0, maximum=100.0),
-    ParamSpec("sensor_samples_per_message", 13, "Sensor samples per SensorSamples message.", read_only=True,
-              minimum=1, maximum=650),
-    ParamSpec("pose_rate_hz", 100.0, "PoseStamped rate (must divide 100 Hz).", read_only=True,
-              minimum=1.0, maximum=100.0),
-    ParamSpec("publish_clock", True, "Publish the sim time on /clock (run the other nodes with use_sim_time).",
-              read_only=True),
-    ParamSpec("rate", 1.0, "Sim time per wall time with publish_clock (0: as fast as possible).",
-              read_only=True, minimum=0.0, maximum=100.0),
-    ParamSpec("lockstep_timeout_s", 0.0, "Wait up to this wall time for each due chunk (0: never wait).",
-              read_only=True, minimum=0.0, maximum=60.0),
-    ParamSpec("wait_for_controller_s", 120.0, "Wall seconds to wait for the controller before episode 1.",
-              read_only=True, minimum=0.0, maximum=3600.0),
-    ParamSpec("max_chunk_age_s", 0.3, "A chunk older than this is stale: hold still.", read_only=True,
-              minimum=0.01, maximum=10.0),
-    ParamSpec("max_episode_s", 15.0, "Episode time limit (sim s).", read_only=True, minimum=0.5, maximum=3600.0),
-    ParamSpec("settle_window_s", 1.0, "An inserted needle still for this long ends the episode, s.",
-              read_only=True, minimum=0.1, maximum=60.0),
+    ParamSpec(
+        "camera_rate_hz",
+        10.0,
+        "Camera frame rate (must divide 100 Hz).",
+        read_only=True,
+        minimum=1.0,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "sensor_samples_per_message",
+        13,
+        "Sensor samples per SensorSamples message.",
+        read_only=True,
+        minimum=1,
+        maximum=650,
+    ),
+    ParamSpec(
+        "pose_rate_hz",
+        100.0,
+        "PoseStamped rate (must divide 100 Hz).",
+        read_only=True,
+        minimum=1.0,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "publish_clock",
+        True,
+        "Publish the sim time on /clock (run the other nodes with use_sim_time).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "rate",
+        1.0,
+        "Sim time per wall time with publish_clock (0: as fast as possible).",
+        read_only=True,
+        minimum=0.0,
+        maximum=100.0,
+    ),
+    ParamSpec(
+        "lockstep_timeout_s",
+        0.0,
+        "Wait up to this wall time for each due chunk (0: never wait).",
+        read_only=True,
+        minimum=0.0,
+        maximum=60.0,
+    ),
+    ParamSpec(
+        "wait_for_controller_s",
+        120.0,
+        "Wall seconds to wait for the controller before episode 1.",
+        read_only=True,
+        minimum=0.0,
+        maximum=3600.0,
+    ),
+    ParamSpec(
+        "max_chunk_age_s",
+        0.3,
+        "A chunk older than this is stale: hold still.",
+        read_only=True,
+        minimum=0.01,
+        maximum=10.0,
+    ),
+    ParamSpec(
+        "max_episode_s", 15.0, "Episode time limit (sim s).", read_only=True, minimum=0.5, maximum=3600.0
+    ),
+    ParamSpec(
+        "settle_window_s",
+        1.0,
+        "An inserted needle still for this long ends the episode, s.",
+        read_only=True,
+        minimum=0.1,
+        maximum=60.0,
+    ),
     ParamSpec("chunk_topic", "/vla/action_chunk", "ActionChunk input topic.", read_only=True),
-    ParamSpec("results_file", "", "Write every episode result here as a JSON list ('' : do not).",
-              read_only=True),
+    ParamSpec(
+        "results_file", "", "Write every episode result here as a JSON list ('' : do not).", read_only=True
+    ),
     ParamSpec("exit_when_done", False, "Shut the node down after the last episode.", read_only=True),
-    ParamSpec("status_period_s", 0.5, "Wall period of /sim/status.", read_only=True, minimum=0.05, maximum=60.0),
-]  # fmt: skip
+    ParamSpec(
+        "status_period_s", 0.5, "Wall period of /sim/status.", read_only=True, minimum=0.05, maximum=60.0
+    ),
+]
 
 LATCHED_RESULTS_QOS = QoSProfile(
     depth=100,
@@ -148,7 +211,9 @@ class SimNode(Node):
         }
         self.sensor_pub = self.create_publisher(interfaces.SensorSamples, topics.SENSOR_TOPIC, STREAM_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, topics.POSE_TOPIC, RELIABLE_QOS)
-        self.instruction_pub = self.create_publisher(String, topics.INSTRUCTION_TOPIC, LATCHED_INSTRUCTION_QOS)
+        self.instruction_pub = self.create_publisher(
+            String, topics.INSTRUCTION_TOPIC, LATCHED_INSTRUCTION_QOS
+        )
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
         self.status_pub = self.create_publisher(String, STATUS_TOPIC, 10)
         self.result_pub = self.create_publisher(String, RESULT_TOPIC, LATCHED_RESULTS_QOS)
@@ -165,8 +230,14 @@ class SimNode(Node):
         except ValueError as error:
             self.get_logger().error(f"bad ActionChunk: {error}", throttle_duration_sec=5.0)
             return
-        chunk = Chunk(stamp_to_ns(msg.header.stamp), actions, int(msg.status), float(msg.step_dt_s),
-                      float(msg.vl_age_s), int(msg.sequence))  # fmt: skip
+        chunk = Chunk(
+            stamp_to_ns(msg.header.stamp),
+            actions,
+            int(msg.status),
+            float(msg.step_dt_s),
+            float(msg.vl_age_s),
+            int(msg.sequence),
+        )
         self.executor_.offer(chunk)
         with self._chunk_event:
             self._chunk_period_ns = int(round(chunk.step_dt_s * NS_PER_S))  # the controller's tick period
@@ -247,9 +318,12 @@ class SimNode(Node):
             self._control_tick()
             if self.state == "running":
                 reason = self.end_rule.update(
-                    self.rig.time_s, self.rig.pose()[0:3], self.rig.tip_depth_mm(),
-                    self.rig.sensor.max_force_n, self.config.task.force_limit_n,
-                )  # fmt: skip
+                    self.rig.time_s,
+                    self.rig.pose()[0:3],
+                    self.rig.tip_depth_mm(),
+                    self.rig.sensor.max_force_n,
+                    self.config.task.force_limit_n,
+                )
                 if reason:
                     self._finish_episode(reason)
                     if num and self.episode + 1 >= num:
@@ -331,9 +405,12 @@ class SimNode(Node):
         batch = int(self.params["sensor_samples_per_message"])
         for start in range(0, stamps.size, batch):
             self.sensor_pub.publish(
-                sensor_samples_to_msg(samples[start : start + batch], first_stamp_ns=int(stamps[start]),
-                                      sample_rate_hz=self.sensor_rate_hz)
-            )  # fmt: skip
+                sensor_samples_to_msg(
+                    samples[start : start + batch],
+                    first_stamp_ns=int(stamps[start]),
+                    sample_rate_hz=self.sensor_rate_hz,
+                )
+            )
 
     def _publish_pose(self, stamp_ns: int, pose: np.ndarray) -> None:
         position, quaternion = pose_to_ros(pose)

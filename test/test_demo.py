@@ -11,8 +11,13 @@ from sim import topics
 def test_record_topics_match_the_sim_layout():
     listed = dict(record.topic_list(outputs=False))
     expected = {topics.camera_topic(n): topics.IMAGE_TYPE for n in topics.CAMERA_NAMES}
-    expected.update({topics.SENSOR_TOPIC: topics.SENSOR_TYPE, topics.POSE_TOPIC: topics.POSE_TYPE,
-                     topics.INSTRUCTION_TOPIC: topics.INSTRUCTION_TYPE})  # fmt: skip
+    expected.update(
+        {
+            topics.SENSOR_TOPIC: topics.SENSOR_TYPE,
+            topics.POSE_TOPIC: topics.POSE_TYPE,
+            topics.INSTRUCTION_TOPIC: topics.INSTRUCTION_TYPE,
+        }
+    )
     assert listed == expected
     command = record.ros2_command("out_bag")
     assert command[:3] == ["ros2", "bag", "record"] and "/vla/action_chunk" in command
@@ -27,8 +32,14 @@ def test_short_closed_loop_through_the_real_nodes_completes_an_episode(tmp_path)
     from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(tmp_path / "model")
-    settings = LoopSettings(checkpoint=checkpoint, episodes=1, max_episode_s=3.0, timeout_s=600,
-                            results_file=tmp_path / "results.json", log_dir=tmp_path / "logs")  # fmt: skip
+    settings = LoopSettings(
+        checkpoint=checkpoint,
+        episodes=1,
+        max_episode_s=3.0,
+        timeout_s=600,
+        results_file=tmp_path / "results.json",
+        log_dir=tmp_path / "logs",
+    )
     results = run_closed_loop(settings, print_every_s=5.0)
     assert len(results) == 1, (tmp_path / "logs" / "sim_node.log").read_text()[-2000:]
     result = results[0]

@@ -12,8 +12,9 @@ def sim_bag(tmp_path_factory):
     from sim.demos import generate_demonstrations
 
     root = tmp_path_factory.mktemp("bag")
-    summary = generate_demonstrations(root / "ep", 1, seed=5, bag_dir=root / "bags", write_episodes=False,
-                                      progress=False, max_steps=40)  # fmt: skip
+    summary = generate_demonstrations(
+        root / "ep", 1, seed=5, bag_dir=root / "bags", write_episodes=False, progress=False, max_steps=40
+    )
     return root / "bags" / "episode_00000", summary[0]
 
 
@@ -26,8 +27,22 @@ def test_evaluate_writes_metrics_and_plots(sim_bag, tmp_path):
     checkpoint = build_tiny_checkpoint(tmp_path / "model")
     bag, _ = sim_bag
     out = tmp_path / "eval"
-    assert main([str(bag), "--checkpoint", str(checkpoint), "--out", str(out), "--vlm-latency", "0.3",
-                 "--vlm-period", "1.7"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(bag),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--vlm-latency",
+                "0.3",
+                "--vlm-period",
+                "1.7",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "metrics.json").read_text())
     m = report["metrics"]
     assert report["instruction"].startswith("Perform ") and m["ok_ticks"] > 10

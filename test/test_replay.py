@@ -27,21 +27,32 @@ def test_parse_remaps():
 @pytest.mark.timeout(600)
 def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
     import rclpy
+    from insertion_vla_msgs.msg import ActionChunk, ControllerStatus
     from rclpy.executors import SingleThreadedExecutor
 
-    from insertion_vla_msgs.msg import ActionChunk, ControllerStatus
     from insertion_vla_ros.replay import BagPlayer
     from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
     from sim.demos import generate_demonstrations
 
-    generate_demonstrations(tmp_path / "ep", 1, seed=7, bag_dir=tmp_path / "bags", write_episodes=False,
-                            progress=False)  # fmt: skip
+    generate_demonstrations(
+        tmp_path / "ep", 1, seed=7, bag_dir=tmp_path / "bags", write_episodes=False, progress=False
+    )
     bag = tmp_path / "bags" / "episode_00000"
     checkpoint = build_tiny_checkpoint(tmp_path / "model")
     expert = subprocess.Popen(
-        [sys.executable, "-m", "insertion_vla_ros.action_expert_node", "--ros-args", "-p",
-         f"checkpoint:={checkpoint}", "-p", "use_sim_time:=true", "-p", "autostart:=true"],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "insertion_vla_ros.action_expert_node",
+            "--ros-args",
+            "-p",
+            f"checkpoint:={checkpoint}",
+            "-p",
+            "use_sim_time:=true",
+            "-p",
+            "autostart:=true",
+        ],
+    )
     node = rclpy.create_node("replay_test", context=ros_context)
     chunks: list[tuple[int, int]] = []
     rates: list[float] = []
@@ -52,8 +63,9 @@ def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
             chunks.append((msg.header.stamp.sec * NS + msg.header.stamp.nanosec, msg.status))
 
     node.create_subscription(ActionChunk, "/vla/action_chunk", on_chunk, 100)
-    node.create_subscription(ControllerStatus, "/action_expert_node/status",
-                             lambda m: rates.append(m.sensor_rate_hz), 10)  # fmt: skip
+    node.create_subscription(
+        ControllerStatus, "/action_expert_node/status", lambda m: rates.append(m.sensor_rate_hz), 10
+    )
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
     player = BagPlayer(node, bag)
@@ -64,7 +76,9 @@ def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
             executor.spin_once(timeout_sec=0.2)
         time.sleep(2.0)
         stop = threading.Event()
-        spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)])
+        spinner = threading.Thread(
+            target=lambda: [executor.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)]
+        )
         spinner.start()
         with lock:
             chunks.clear()
@@ -86,4 +100,6 @@ def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
     periods = np.diff(stamps) / NS
     assert np.median(periods) == pytest.approx(0.1, abs=0.006)
     finite = [r for r in rates if np.isfinite(r)]
-    assert finite and 600.0 < float(np.median(finite)) < 700.0  # the 650 Hz sensor, as the node measures it in sim time
+    assert (
+        finite and 600.0 < float(np.median(finite)) < 700.0
+    )  # the 650 Hz sensor, as the node measures it in sim time

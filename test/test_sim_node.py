@@ -1,4 +1,4 @@
-"""sim_node on real DDS: topics, types and rates (by stamps, sim time), and receding-horizon chunk following."""
+"""sim_node on real DDS: topics, types and rates (by stamps, sim time), receding-horizon chunk following."""
 
 from __future__ import annotations
 
@@ -73,13 +73,16 @@ class _Probe:
         self.ok_chunks = 10  # then HOLD chunks
         self.next_tick_ns: int | None = None
         self.sequence = 0
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
         for name in topics.CAMERA_NAMES:
             node.create_subscription(
-                Image, topics.camera_topic(name),
-                lambda m, n=name: self._add(self.images[n], stamp_to_ns(m.header.stamp)), 50,
-            )  # fmt: skip
+                Image,
+                topics.camera_topic(name),
+                lambda m, n=name: self._add(self.images[n], stamp_to_ns(m.header.stamp)),
+                50,
+            )
 
         def on_sensor(msg):
             stamps, samples = sensor_samples_from_msg(msg)
@@ -95,9 +98,12 @@ class _Probe:
 
         node.create_subscription(interfaces.SensorSamples, topics.SENSOR_TOPIC, on_sensor, 500)
         node.create_subscription(PoseStamped, topics.POSE_TOPIC, on_pose, 500)
-        node.create_subscription(String, topics.INSTRUCTION_TOPIC, lambda m: self._add(self.instructions, m.data),
-                                 latched)  # fmt: skip
-        node.create_subscription(String, "/sim/status", lambda m: self._add(self.status, json.loads(m.data)), 10)
+        node.create_subscription(
+            String, topics.INSTRUCTION_TOPIC, lambda m: self._add(self.instructions, m.data), latched
+        )
+        node.create_subscription(
+            String, "/sim/status", lambda m: self._add(self.status, json.loads(m.data)), 10
+        )
         self.features_pub = node.create_publisher(interfaces.VLFeatures, "/vla/vl_features", latched)
         chunk_pub = node.create_publisher(interfaces.ActionChunk, "/vla/action_chunk", 10)
 
@@ -113,11 +119,19 @@ class _Probe:
             if not hold:
                 actions[0] = self.step
                 actions[1:, 0] = 9.0  # later steps must never run: a new chunk replaces this one first
-            chunk_pub.publish(action_chunk_to_msg(
-                actions, stamp_ns=now, sequence=self.sequence, vl_sequence=1, vl_age_s=0.0,
-                inference_time_s=0.0, step_dt_s=0.1, action_names=["dx", "dy", "dz", "drx", "dry", "drz", "g"],
-                status=2 if hold else 0,
-            ))  # fmt: skip
+            chunk_pub.publish(
+                action_chunk_to_msg(
+                    actions,
+                    stamp_ns=now,
+                    sequence=self.sequence,
+                    vl_sequence=1,
+                    vl_age_s=0.0,
+                    inference_time_s=0.0,
+                    step_dt_s=0.1,
+                    action_names=["dx", "dy", "dz", "drx", "dry", "drz", "g"],
+                    status=2 if hold else 0,
+                )
+            )
             self.sequence += 1
             self._add(self.chunk_log, (now, 2 if hold else 0))
 
@@ -142,11 +156,14 @@ def test_sim_node_publishes_rig_topics_and_follows_chunks(ros_context, tmp_path)
     sim = SimNode(
         context=ros_context,
         parameter_overrides=[
-            Parameter("seed", value=3), Parameter("num_episodes", value=1), Parameter("max_episode_s", value=1.5),
-            Parameter("lockstep_timeout_s", value=20.0), Parameter("rate", value=0.0),
+            Parameter("seed", value=3),
+            Parameter("num_episodes", value=1),
+            Parameter("max_episode_s", value=1.5),
+            Parameter("lockstep_timeout_s", value=20.0),
+            Parameter("rate", value=0.0),
             Parameter("results_file", value=str(results_file)),
         ],
-    )  # fmt: skip
+    )
     probe_node = rclpy.create_node("sim_probe", context=ros_context)
     probe = _Probe(probe_node, sim_node.interfaces, step)
     executor = MultiThreadedExecutor(num_threads=3, context=ros_context)
@@ -190,9 +207,10 @@ def test_sim_node_publishes_rig_topics_and_follows_chunks(ros_context, tmp_path)
     log = probe.chunk_log
     # Intervals [t, t + 100 ms) of a chunk on a regular 100 ms grid (its neighbours 100 ms either side).
     ok_ticks = [
-        t for (p, _), (t, status), (n, _) in zip(log, log[1:], log[2:])
+        t
+        for (p, _), (t, status), (n, _) in zip(log, log[1:], log[2:])
         if status == 0 and t - p == n - t == NS // 10 and t >= episode_start and t + NS // 10 in by_stamp
-    ]  # fmt: skip
+    ]
     assert len(ok_ticks) >= 3, log
     for t in ok_ticks:
         moved = by_stamp[t + NS // 10] - by_stamp[t]

@@ -1,0 +1,145 @@
+"""Closed-loop success over fixed seeded sim episodes: expert, zero latency, sync, async (reuse/no reuse).
+
+Deterministic and in-process (``insertion_vla_ros.closed_loop_sim``: sim rig + policy on a simulated
+clock, VLM latency modelled). Policies are the demo's Stage 1 tiny policies trained with staleness (reuse)
+and without (fresh features only), built and cached under ``--work`` (default ``demo_output``).
+``--quick`` uses fewer episodes. Success is a fraction 0..1; chunk rates are OK chunks per sim second.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import base_parser, emit  # noqa: E402
+
+
+def main() -> None:
+    """Run every configuration over the same episodes and emit the JSON (and a PNG bar chart)."""
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("demo_output"))
+    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=250, help="training steps of each policy (cached)")
+    parser.add_argument("--demos", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=1000)
+    args = parser.parse_args()
+    import torch
+
+    from insertion_vla_ros.closed_loop_sim import ClosedLoopRunner, LoopConfig
+    from insertion_vla_ros.demo_pipeline import (
+        DataSettings,
+        TrainSettings,
+        ensure_demonstrations,
+        ensure_policy,
+    )
+    from models.checkpoint import load_checkpoint
+    from sim.config import TARGET_COLOURS, RigConfig
+    from sim.demos import episode_seed
+    from sim.rig import InsertionRig
+
+    torch.manual_seed(0)
+    episodes = args.episodes or (3 if args.quick else 20)
+    max_s = 10.0 if args.quick else 15.0
+    data = DataSettings(episodes=args.demos)
+    data_dir, _ = ensure_demonstrations(args.work, data, progress=False)
+    ckpt = {
+        reuse: ensure_policy(
+            args.work, data_dir, data, TrainSettings(steps=args.steps, reuse=reuse), progress=False
+        )
+        for reuse in (True, False)
+    }
+    policies = {reuse: load_checkpoint(path, load_vlm=True).eval() for reuse, path in ckpt.items()}
+    rig = InsertionRig(RigConfig().with_image_size(112, 112), seed=args.seed)
+    cases = [(TARGET_COLOURS[i % 5], episode_seed(args.seed, i)) for i in range(episodes)]
+    configs = {
+        "expert": (None, LoopConfig(mode="expert", max_episode_s=max_s)),
+        "zero_latency": (
+            True,
+            LoopConfig(mode="async", vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=max_s),
+        ),
+        "sync": (True, LoopConfig(mode="sync", vlm_latency_s=1.5, vlm_period_s=1.5, max_episode_s=max_s)),
+        "sync_lat_0p3": (
+            True,
+            LoopConfig(mode="sync", vlm_latency_s=0.3, vlm_period_s=0.3, max_episode_s=max_s),
+        ),
+        "async_reuse_lat_0p3": (True, LoopConfig(vlm_latency_s=0.3, vlm_period_s=1.7, max_episode_s=max_s)),
+        "async_reuse_age_1p7": (True, LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=max_s)),
+        "async_noreuse_lat_0p3": (
+            False,
+            LoopConfig(vlm_latency_s=0.3, vlm_period_s=1.7, max_episode_s=max_s),
+        ),
+        "async_noreuse_age_1p7": (
+            False,
+            LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=max_s),
+        ),
+    }
+    results: dict[str, list[dict]] = {}
+    started = time.perf_counter()
+    for name, (reuse, cfg) in configs.items():
+        runner = ClosedLoopRunner(rig, None if reuse is None else policies[reuse], cfg)
+        results[name] = [runner.run(target, seed) for target, seed in cases]
+        print(
+            f"{name}: success {np.mean([r['success'] for r in results[name]]):.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def mean(name: str, key: str) -> float:
+        return float(np.mean([r[key] for r in results[name]]))
+
+    metrics = {
+        "expert_success": mean("expert", "success"),
+        "zero_latency_success": mean("zero_latency", "success"),
+        "sync_success": mean("sync", "success"),
+        "sync_chunks_per_s": mean("sync", "chunks_ok_per_s"),
+        "sync_lat_0p3_success": mean("sync_lat_0p3", "success"),
+        "async_reuse_success_age_1p7": mean("async_reuse_age_1p7", "success"),
+        "async_noreuse_success_age_1p7": mean("async_noreuse_age_1p7", "success"),
+        "async_reuse_success_lat_0p3": mean("async_reuse_lat_0p3", "success"),
+        "async_noreuse_success_lat_0p3": mean("async_noreuse_lat_0p3", "success"),
+        "async_chunks_per_s": mean("async_reuse_age_1p7", "chunks_ok_per_s"),
+        "wall_s": time.perf_counter() - started,
+    }
+    for name in configs:
+        metrics[f"{name}_depth_error_mm_mean_abs"] = float(
+            np.mean([abs(r["depth_error_mm"]) for r in results[name]])
+        )
+        metrics[f"{name}_lateral_error_mm_mean"] = mean(name, "lateral_error_mm")
+        metrics[f"{name}_max_force_n_max"] = float(max(r["max_force_n"] for r in results[name]))
+    config = {
+        "episodes": episodes,
+        "seed": args.seed,
+        "max_episode_s": max_s,
+        "train_steps": args.steps,
+        "demos": args.demos,
+        "checkpoints": {str(k): str(v) for k, v in ckpt.items()},
+    }
+    if args.out is not None:
+        _plot(results, args.out)
+    emit("closed_loop", config, metrics, args.out)
+
+
+def _plot(results: dict[str, list[dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.bar(names, [np.mean([r["success"] for r in results[n]]) for n in names])
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "closed_loop_success.png", dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
