@@ -119,6 +119,15 @@ PARAMETERS: list[ParamSpec] = [
     ParamSpec("status_period_s", 0.5, "Period of ~/status, s.", read_only=True, minimum=0.01, maximum=60.0),
     ParamSpec("hardware_id", "insertion_vla_vlm", "diagnostic hardware_id.", read_only=True),
     ParamSpec(
+        "executor_threads",
+        1,
+        "Executor threads: 1 = SingleThreadedExecutor (default; rclpy's MultiThreadedExecutor busy-waits and "
+        "starved the sensor stream in tests), >= 2 = MultiThreadedExecutor (separate callback groups).",
+        read_only=True,
+        minimum=1,
+        maximum=64,
+    ),
+    ParamSpec(
         "autostart",
         False,
         "Configure and activate at start-up (demo); on a robot the operator activates.",
