@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument(
         "--vlm-period", type=float, default=0.2, help="VLM period, s (short = VLM always busy)"
     )
+    parser.add_argument("--executor-threads", type=int, default=1, help="action expert executor threads")
     parser.add_argument("--vlm-threads", type=int, default=1, help="torch threads of the VLM (0: all cores)")
     parser.add_argument(
         "--inject-latency", type=float, default=0.0, help="extra VLM latency per inference, s"
@@ -105,6 +106,8 @@ def main() -> None:
                     f"action_expert_node:checkpoint:={checkpoint}",
                     "-p",
                     "action_expert_node:autostart:=true",
+                    "-p",
+                    f"action_expert_node:executor_threads:={args.executor_threads}",
                 ],
             ],
             work / "action_expert_node.log",
@@ -177,6 +180,7 @@ def main() -> None:
         "vlm_period_s": args.vlm_period,
         "inject_latency_s": args.inject_latency,
         "vlm_torch_threads": args.vlm_threads,
+        "executor_threads": args.executor_threads,
         "cameras": 5,
         "camera_rate_hz": 10.0,
         "sensor_rate_hz": 650.0,
