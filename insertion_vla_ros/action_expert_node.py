@@ -228,8 +228,6 @@ class ActionExpertNode(ManagedNode):
         self.sequence = 0
         self.missed_ticks = 0
         self.last_tick_ns: int | None = None
-        self._phase_ns: int | None = None  # time of the first tick after activation: the slot grid origin
-        self._last_slot: int | None = None
         self.tick_period_s = float("nan")
         self.last_decision: Decision | None = None
         self.last_latency_s = float("nan")
@@ -315,7 +313,6 @@ class ActionExpertNode(ManagedNode):
         with self._tick_lock:
             self.safety.reset()
             self.last_tick_ns = None
-            self._phase_ns = None
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -455,22 +452,24 @@ class ActionExpertNode(ManagedNode):
             )
 
     def _account_tick(self, now_ns: int) -> int | None:
-        """Snap the tick to its slot on the period grid; count skipped slots. ``None``: slot already done.
+        """Stamp the tick with its scheduled time on the timer's own grid; count skipped slots.
 
-        Stamping the scheduled slot time (not the moment the callback ran) keeps chunk stamps and sensor
-        windows identical across replays of the same bag; lateness shows up as missed ticks instead.
+        ``None``: this slot was already served. Stamping the scheduled slot time (not the moment the callback
+        ran) keeps chunk stamps and sensor windows identical across replays of the same bag, and lateness
+        shows up as missed ticks instead. The grid must be the timer's: rcl keeps a timer on the grid of its
+        creation time, so a grid anchored anywhere else (e.g. at a late first callback) would stamp chunks
+        up to one period away from when they are produced, and a lock-stepped simulator would wait for them.
         """
-        if self._phase_ns is None or now_ns < self._phase_ns:  # first tick, or time jumped back (bag loop)
-            self._phase_ns, self._last_slot = now_ns, None
-        slot = (now_ns - self._phase_ns) // self.period_ns
-        if self._last_slot is not None:
-            if slot <= self._last_slot:
-                return None
-            self.missed_ticks += int(slot - self._last_slot - 1)
-        tick_ns = self._phase_ns + slot * self.period_ns
+        until_next = self._timer.time_until_next_call() if self._timer is not None else None
+        tick_ns = now_ns if until_next is None else min(now_ns, now_ns + int(until_next) - self.period_ns)
+        if self.last_tick_ns is not None and tick_ns < self.last_tick_ns:  # time jumped back (bag loop)
+            self.last_tick_ns = None
         if self.last_tick_ns is not None:
+            slots = round((tick_ns - self.last_tick_ns) / self.period_ns)
+            if slots < 1:
+                return None
+            self.missed_ticks += slots - 1
             self.tick_period_s = (tick_ns - self.last_tick_ns) / NS_PER_S
-        self._last_slot = slot
         self.last_tick_ns = tick_ns
         self.tick_monitor.tick(now_ns)
         return tick_ns

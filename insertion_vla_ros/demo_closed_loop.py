@@ -73,8 +73,8 @@ def bringup_command(s: LoopSettings) -> list[str]:
         str(s.checkpoint),
         "--use-sim-time",
         "--autostart",
-        "--vlm-arg=-p",
-        f"--vlm-arg=vlm_period_s:={float(s.vlm_period_s)}",
+        "--vlm-param",
+        f"vlm_period_s:={float(s.vlm_period_s)}",
     ]
     if s.params_file is not None:
         command += ["--params-file", str(s.params_file)]
