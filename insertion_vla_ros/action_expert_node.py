@@ -228,6 +228,7 @@ class ActionExpertNode(ManagedNode):
         self.sequence = 0
         self.missed_ticks = 0
         self.last_tick_ns: int | None = None
+        self._grid_anchor_ns: int | None = None  # a scheduled tick time of the timer: its grid's origin
         self.tick_period_s = float("nan")
         self.last_decision: Decision | None = None
         self.last_latency_s = float("nan")
@@ -313,6 +314,7 @@ class ActionExpertNode(ManagedNode):
         with self._tick_lock:
             self.safety.reset()
             self.last_tick_ns = None
+            self._grid_anchor_ns = None
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -461,9 +463,16 @@ class ActionExpertNode(ManagedNode):
         up to one period away from when they are produced, and a lock-stepped simulator would wait for them.
         """
         until_next = self._timer.time_until_next_call() if self._timer is not None else None
-        tick_ns = now_ns if until_next is None else min(now_ns, now_ns + int(until_next) - self.period_ns)
-        if self.last_tick_ns is not None and tick_ns < self.last_tick_ns:  # time jumped back (bag loop)
-            self.last_tick_ns = None
+        scheduled_ns = now_ns
+        if until_next is not None:
+            scheduled_ns = min(now_ns, now_ns + int(until_next) - self.period_ns)
+        if self._grid_anchor_ns is None or (  # first tick, or time jumped back (bag loop)
+            self.last_tick_ns is not None and scheduled_ns < self.last_tick_ns - self.period_ns // 2
+        ):
+            self._grid_anchor_ns, self.last_tick_ns = scheduled_ns, None
+        # Under wall time the estimate carries microseconds of read-out jitter: snap it to the grid.
+        slot = round((scheduled_ns - self._grid_anchor_ns) / self.period_ns)
+        tick_ns = self._grid_anchor_ns + slot * self.period_ns
         if self.last_tick_ns is not None:
             slots = round((tick_ns - self.last_tick_ns) / self.period_ns)
             if slots < 1:
