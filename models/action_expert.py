@@ -65,6 +65,9 @@ class VLResampler(nn.Module):
         self.in_norm = nn.LayerNorm(vl_hidden)
         self.proj = nn.Linear(vl_hidden, cfg.d_model)
         self.latents = nn.Parameter(torch.randn(cfg.vl_latents, cfg.d_model) * 0.02)
+        self.positions = None
+        if cfg.vl_token_positions:
+            self.positions = nn.Parameter(torch.randn(cfg.vl_token_positions, cfg.d_model) * 0.02)
         self.attn = nn.MultiheadAttention(cfg.d_model, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.ffn = nn.Sequential(
             nn.LayerNorm(cfg.d_model),
@@ -77,6 +80,9 @@ class VLResampler(nn.Module):
     def forward(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compress VL tokens; masked-out tokens (False) never contribute."""
         keys = self.proj(self.in_norm(vl.float()))
+        if self.positions is not None:  # tokens past the table get no position (still attended)
+            count = min(keys.shape[1], self.positions.shape[0])
+            keys = torch.cat([keys[:, :count] + self.positions[:count], keys[:, count:]], dim=1)
         queries = self.latents.expand(vl.shape[0], -1, -1)
         padding = None if mask is None else ~mask
         attended, _ = self.attn(queries, keys, keys, key_padding_mask=padding, need_weights=False)

@@ -147,6 +147,10 @@ class ActionExpertConfig:
     flow_steps: int = 10
     flow_seed: int = 0
     max_age_s: float = 3.4
+    # Learned embeddings for the first ``vl_token_positions`` VL token indices (0: none). Cross-attention
+    # is blind to token order, and for a fixed view count and image size a token's index is its view and
+    # image position: where the target appears in a view is what aligns the needle over it.
+    vl_token_positions: int = 0
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an unknown head or sizes that do not divide."""
@@ -163,6 +167,8 @@ class ActionExpertConfig:
             "ffn_mult",
         ):
             _positive(f"action_expert.{name}", getattr(self, name))
+        if self.vl_token_positions < 0:
+            raise ConfigError(f"action_expert.vl_token_positions must be >= 0, got {self.vl_token_positions}")
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"action_expert.d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
