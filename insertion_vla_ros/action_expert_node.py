@@ -47,7 +47,7 @@ from insertion_vla_ros.msg_conversions import (  # noqa: E402
     vl_features_from_msg,
 )
 from insertion_vla_ros.node_main import run_lifecycle_node  # noqa: E402
-from insertion_vla_ros.parameters import ParamSpec  # noqa: E402
+from insertion_vla_ros.parameters import ParamSpec, runtime_param_specs  # noqa: E402
 from insertion_vla_ros.policy_loading import checkpoint_info, load_policy  # noqa: E402
 from insertion_vla_ros.safety import SafetyLimiter  # noqa: E402
 from insertion_vla_ros.sensor_buffer import SensorRingBuffer  # noqa: E402
@@ -158,26 +158,7 @@ PARAMETERS: list[ParamSpec] = [
     ),
     ParamSpec("trajectory_topic", "/vla/trajectory", "MultiDOFJointTrajectory output topic.", read_only=True),
     ParamSpec("trajectory_joint_name", "needle_tip", "Joint (tool) name in the trajectory.", read_only=True),
-    ParamSpec(
-        "diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True, minimum=0.05, maximum=60.0
-    ),
-    ParamSpec("status_period_s", 0.2, "Period of ~/status, s.", read_only=True, minimum=0.01, maximum=60.0),
-    ParamSpec("hardware_id", "insertion_vla_action_expert", "diagnostic hardware_id.", read_only=True),
-    ParamSpec(
-        "executor_threads",
-        1,
-        "Executor threads: 1 = SingleThreadedExecutor (default; rclpy's MultiThreadedExecutor busy-waits and "
-        "starved the sensor stream in tests), >= 2 = MultiThreadedExecutor (separate callback groups).",
-        read_only=True,
-        minimum=1,
-        maximum=64,
-    ),
-    ParamSpec(
-        "autostart",
-        False,
-        "Configure and activate at start-up (demo); on a robot the operator activates.",
-        read_only=True,
-    ),
+    *runtime_param_specs(hardware_id="insertion_vla_action_expert", status_period_s=0.2),
 ]
 
 

@@ -162,3 +162,42 @@ def make_set_parameters_validator(
         return SetParametersResult(successful=True)
 
     return validate
+
+
+def runtime_param_specs(hardware_id: str, status_period_s: float) -> list[ParamSpec]:
+    """Parameters both policy nodes declare: monitoring periods, hardware id, executor and autostart."""
+    return [
+        ParamSpec(
+            "diagnostics_period_s",
+            1.0,
+            "Period of /diagnostics, s.",
+            read_only=True,
+            minimum=0.05,
+            maximum=60.0,
+        ),
+        ParamSpec(
+            "status_period_s",
+            status_period_s,
+            "Period of ~/status, s.",
+            read_only=True,
+            minimum=0.01,
+            maximum=60.0,
+        ),
+        ParamSpec("hardware_id", hardware_id, "diagnostic hardware_id.", read_only=True),
+        ParamSpec(
+            "executor_threads",
+            1,
+            "Executor threads: 1 = SingleThreadedExecutor (default; rclpy's MultiThreadedExecutor "
+            "busy-waits and starved the sensor stream in tests), >= 2 = MultiThreadedExecutor "
+            "(separate callback groups).",
+            read_only=True,
+            minimum=1,
+            maximum=64,
+        ),
+        ParamSpec(
+            "autostart",
+            False,
+            "Configure and activate at start-up (demo); on a robot the operator activates.",
+            read_only=True,
+        ),
+    ]

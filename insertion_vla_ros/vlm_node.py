@@ -33,7 +33,7 @@ from insertion_vla_ros.image_conversions import any_image_msg_to_rgb  # noqa: E4
 from insertion_vla_ros.lifecycle_base import LATCHED_QOS, ManagedNode, input_qos  # noqa: E402
 from insertion_vla_ros.msg_conversions import controller_status_to_msg, vl_features_to_msg  # noqa: E402
 from insertion_vla_ros.node_main import run_lifecycle_node  # noqa: E402
-from insertion_vla_ros.parameters import ParamSpec  # noqa: E402
+from insertion_vla_ros.parameters import ParamSpec, runtime_param_specs  # noqa: E402
 from insertion_vla_ros.policy_loading import checkpoint_info, load_policy  # noqa: E402
 from insertion_vla_ros.time_conversions import NS_PER_S, stamp_to_ns  # noqa: E402
 
@@ -113,26 +113,7 @@ PARAMETERS: list[ParamSpec] = [
         minimum=0.0,
         maximum=600.0,
     ),
-    ParamSpec(
-        "diagnostics_period_s", 1.0, "Period of /diagnostics, s.", read_only=True, minimum=0.05, maximum=60.0
-    ),
-    ParamSpec("status_period_s", 0.5, "Period of ~/status, s.", read_only=True, minimum=0.01, maximum=60.0),
-    ParamSpec("hardware_id", "insertion_vla_vlm", "diagnostic hardware_id.", read_only=True),
-    ParamSpec(
-        "executor_threads",
-        1,
-        "Executor threads: 1 = SingleThreadedExecutor (default; rclpy's MultiThreadedExecutor busy-waits and "
-        "starved the sensor stream in tests), >= 2 = MultiThreadedExecutor (separate callback groups).",
-        read_only=True,
-        minimum=1,
-        maximum=64,
-    ),
-    ParamSpec(
-        "autostart",
-        False,
-        "Configure and activate at start-up (demo); on a robot the operator activates.",
-        read_only=True,
-    ),
+    *runtime_param_specs(hardware_id="insertion_vla_vlm", status_period_s=0.5),
 ]
 
 
