@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from insertion_vla_ros.ros_guard import require_ros
+from insertion_vla_ros.ros_imports import import_interfaces
 
 KINDS = ("vl_features_f32", "vl_features_f16", "action_chunk", "sensor_samples", "controller_status")
 TOPIC_PREFIX = "/insertion_vla_roundtrip/"
@@ -234,7 +234,7 @@ def round_trip(
     timeout_s: float = 60.0,
 ) -> tuple[dict[str, RoundTripResult], dict[str, list[float]]]:
     """Run a subscriber subprocess, publish from here; returns (subscriber results, encode times)."""
-    require_ros()
+    import_interfaces()  # fail here, with the build hint, rather than in the subscriber process
     command = [
         sys.executable,
         "-m",
