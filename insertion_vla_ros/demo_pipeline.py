@@ -79,10 +79,12 @@ def ensure_policy(
     work: Path, data_dir: Path, data: DataSettings, train: TrainSettings, progress: bool = True
 ) -> Path:
     """Train (or reuse) a Stage 1 tiny policy on ``data_dir``; return its final checkpoint directory."""
+    from models.config import load_model_config
     from training.config import TrainConfig
     from training.trainer import train as run_training
 
-    out = Path(work) / "train" / f"stage1-{_tag(data, train)}"
+    # The model config is part of the key: editing config/models/tiny.yaml must retrain, not reuse.
+    out = Path(work) / "train" / f"stage1-{_tag(data, train, load_model_config('tiny').to_dict())}"
     final = out / "final"
     if (final / "config.json").is_file():
         return final
