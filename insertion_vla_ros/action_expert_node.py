@@ -48,7 +48,7 @@ from insertion_vla_ros.msg_conversions import (  # noqa: E402
 )
 from insertion_vla_ros.node_main import run_lifecycle_node  # noqa: E402
 from insertion_vla_ros.parameters import ParamSpec, runtime_param_specs  # noqa: E402
-from insertion_vla_ros.policy_loading import checkpoint_info, load_policy  # noqa: E402
+from insertion_vla_ros.policy_loading import checkpoint_info  # noqa: E402
 from insertion_vla_ros.safety import SafetyLimiter  # noqa: E402
 from insertion_vla_ros.sensor_buffer import SensorRingBuffer  # noqa: E402
 from insertion_vla_ros.standard_outputs import trajectory_msg, twist_msg  # noqa: E402
@@ -242,17 +242,8 @@ class ActionExpertNode(ManagedNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the policy (no VLM), warm it up, create subscriptions, publishers and the tick timer."""
         p = self.params
-        try:
-            self.policy = load_policy(
-                p["checkpoint"], device=p["device"], load_vlm=False, torch_threads=p["torch_threads"]
-            )
-            self._warm_up()
-        except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
-            self.last_error = f"cannot load the policy: {error}"
-            self.get_logger().error(self.last_error)
-            self.policy = None
+        if not self.load_policy_and_warm_up(load_vlm=False):
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"policy loaded: fingerprint {self.policy.fingerprint}")
         sensor_group = MutuallyExclusiveCallbackGroup()
         features_group = MutuallyExclusiveCallbackGroup()
         tick_group = MutuallyExclusiveCallbackGroup()  # the tick never waits for another callback

@@ -14,6 +14,7 @@ from rclpy.qos import (
 )
 
 from insertion_vla_ros.parameters import ParamSpec, declare_parameters, make_set_parameters_validator
+from insertion_vla_ros.policy_loading import load_policy
 
 LATCHED_QOS = QoSProfile(
     depth=1,
@@ -72,6 +73,26 @@ class ManagedNode(LifecycleNode):
 
     def on_parameter_changed(self, name: str, value: Any) -> None:
         """React to a dynamic parameter changed at run time (hook for subclasses)."""
+
+    def load_policy_and_warm_up(self, load_vlm: bool) -> bool:
+        """Load ``self.policy`` from the checkpoint parameter and run ``self._warm_up()``.
+
+        Any failure is logged, kept in ``self.last_error`` for diagnostics, and returns False (configure
+        then fails) instead of raising.
+        """
+        p = self.params
+        try:
+            self.policy = load_policy(
+                p["checkpoint"], device=p["device"], load_vlm=load_vlm, torch_threads=p["torch_threads"]
+            )
+            self._warm_up()
+        except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+            self.last_error = f"cannot load the policy: {error}"
+            self.get_logger().error(self.last_error)
+            self.policy = None
+            return False
+        self.get_logger().info(f"policy loaded: fingerprint {self.policy.fingerprint}")
+        return True
 
     def start_up(self) -> bool:
         """Configure and activate (the ``autostart`` path); True when the node is active."""

@@ -34,7 +34,7 @@ from insertion_vla_ros.lifecycle_base import LATCHED_QOS, ManagedNode, input_qos
 from insertion_vla_ros.msg_conversions import controller_status_to_msg, vl_features_to_msg  # noqa: E402
 from insertion_vla_ros.node_main import run_lifecycle_node  # noqa: E402
 from insertion_vla_ros.parameters import ParamSpec, runtime_param_specs  # noqa: E402
-from insertion_vla_ros.policy_loading import checkpoint_info, load_policy  # noqa: E402
+from insertion_vla_ros.policy_loading import checkpoint_info  # noqa: E402
 from insertion_vla_ros.time_conversions import NS_PER_S, stamp_to_ns  # noqa: E402
 
 NODE_NAME = "vlm_node"
@@ -177,17 +177,8 @@ class VlmNode(ManagedNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the policy with its VLM, warm it up, create the subscriptions and the publisher."""
         p = self.params
-        try:
-            self.policy = load_policy(
-                p["checkpoint"], device=p["device"], load_vlm=True, torch_threads=p["torch_threads"]
-            )
-            self._warm_up()
-        except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
-            self.last_error = f"cannot load the policy: {error}"
-            self.get_logger().error(self.last_error)
-            self.policy = None
+        if not self.load_policy_and_warm_up(load_vlm=True):
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"policy loaded: fingerprint {self.policy.fingerprint}")
         camera_group = MutuallyExclusiveCallbackGroup()
         compressed = p["camera_transport"] == "compressed"
         message_type = CompressedImage if compressed else Image
