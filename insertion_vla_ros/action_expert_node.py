@@ -30,7 +30,13 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
 from rclpy.lifecycle import State, TransitionCallbackReturn  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
-from insertion_vla_ros.diagnostics import FrequencyMonitor, Level, TaskStatus, diagnostic_array  # noqa: E402
+from insertion_vla_ros.diagnostics import (  # noqa: E402
+    FrequencyMonitor,
+    Level,
+    TaskStatus,
+    diagnostic_array,
+    diagnostic_array_type,
+)
 from insertion_vla_ros.hold_policy import (  # noqa: E402
     ChunkStatus,
     Decision,
@@ -224,7 +230,7 @@ class ActionExpertNode(ManagedNode):
         self._trajectory_pub = None
         monitor_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics_pub = self.create_publisher(
-            _diagnostic_array_type(),
+            diagnostic_array_type(),
             "/diagnostics",
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
         )
@@ -630,12 +636,6 @@ class ActionExpertNode(ManagedNode):
         self.diagnostics_pub.publish(
             diagnostic_array(now_ns, self.params["hardware_id"], [loop, sensor, features, safety])
         )
-
-
-def _diagnostic_array_type() -> Any:
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    return DiagnosticArray
 
 
 def main(args: list[str] | None = None) -> None:

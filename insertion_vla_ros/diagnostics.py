@@ -102,6 +102,13 @@ class FrequencyMonitor:
         return status
 
 
+def diagnostic_array_type() -> Any:
+    """The ``diagnostic_msgs/DiagnosticArray`` class (imported on use: this module needs no ROS)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    return DiagnosticArray
+
+
 def diagnostic_array(stamp_ns: int, hardware_id: str, statuses: Iterable[TaskStatus]) -> Any:
     """Build a ``diagnostic_msgs/DiagnosticArray`` from task statuses (values formatted as strings)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

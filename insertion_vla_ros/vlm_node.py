@@ -28,7 +28,13 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from insertion_vla_ros.camera_sync import CameraQueues, CameraSetSelection  # noqa: E402
-from insertion_vla_ros.diagnostics import FrequencyMonitor, Level, TaskStatus, diagnostic_array  # noqa: E402
+from insertion_vla_ros.diagnostics import (  # noqa: E402
+    FrequencyMonitor,
+    Level,
+    TaskStatus,
+    diagnostic_array,
+    diagnostic_array_type,
+)
 from insertion_vla_ros.image_conversions import any_image_msg_to_rgb  # noqa: E402
 from insertion_vla_ros.lifecycle_base import LATCHED_QOS, ManagedNode, input_qos  # noqa: E402
 from insertion_vla_ros.msg_conversions import controller_status_to_msg, vl_features_to_msg  # noqa: E402
@@ -165,7 +171,7 @@ class VlmNode(ManagedNode):
         self._publisher = None
         monitor_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics_pub = self.create_publisher(
-            _diagnostic_array_type(),
+            diagnostic_array_type(),
             "/diagnostics",
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
         )
@@ -445,12 +451,6 @@ class VlmNode(ManagedNode):
         self.diagnostics_pub.publish(
             diagnostic_array(now_ns, self.params["hardware_id"], [cameras, features])
         )
-
-
-def _diagnostic_array_type() -> Any:
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    return DiagnosticArray
 
 
 def main(args: list[str] | None = None) -> None:
