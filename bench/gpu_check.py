@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--ticks", type=int, default=500)
     parser.add_argument("--concurrent-ticks", type=int, default=300)
-    parser.add_argument("--quantization", default="int8_weight_only,int8_dynamic,int4_weight_only")
+    # int8_dynamic is left out by default: on an H100 (torch 2.11, torchao 0.18, eager) its first timed
+    # run of the 3B model had not finished after 6 minutes, which spent the whole device budget.
+    parser.add_argument("--quantization", default="int8_weight_only,int4_weight_only")
     parser.add_argument("--budget-s", type=float, default=360.0, help="stop starting new stages after this")
     parser.add_argument("--no-process", action="store_true", help="skip the separate-process measurement")
     parser.add_argument(
