@@ -45,6 +45,9 @@ class LoopConfig:
     """HOLD beyond this feature age (0: the checkpoint's ``action_expert.max_age_s``)."""
     step_limits: tuple[float, ...] = DEFAULT_STEP_LIMITS
     rate_limits: tuple[float, ...] = DEFAULT_RATE_LIMITS
+    lateral_oracle: bool = False
+    """Diagnostic: replace the policy's lateral steps (dx, dy) by the scripted expert's, so the episode
+    measures the learned depth control (sensor pathway) alone, with the target found by ground truth."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("async", "sync", "expert"):
@@ -106,8 +109,20 @@ class EpisodeTrace:
 
     chunks_ok: int = 0
     chunks_hold: int = 0
+    ok_stamps_ns: list[int] = field(default_factory=list)
     vl_ages_s: list[float] = field(default_factory=list)
     action_wall_s: list[float] = field(default_factory=list)
+
+
+def _steady_rate(stamps_ns: list[int]) -> float:
+    """OK chunks per second between the first and the last one.
+
+    This is the rate once features exist, without the start-up wait for the first VLM result that
+    ``chunks_ok_per_s`` includes.
+    """
+    if len(stamps_ns) < 2:
+        return 0.0
+    return (len(stamps_ns) - 1) * NS_PER_S / (stamps_ns[-1] - stamps_ns[0])
 
 
 class ClosedLoopRunner:
@@ -139,13 +154,14 @@ class ClosedLoopRunner:
         end = EndRule(max_episode_s=cfg.max_episode_s)
         trace = EpisodeTrace()
         expert = None
-        if cfg.mode == "expert":
+        if cfg.mode == "expert" or cfg.lateral_oracle:
             from sim.expert import ScriptedExpert
 
             expert = ScriptedExpert(
                 rig.scene, step_s=cfg.action_period_s, seed=seed, gripper=rig.config.robot.gripper
             )
-        else:
+        self.oracle = expert if cfg.lateral_oracle else None
+        if cfg.mode != "expert":
             buffer = SensorRingBuffer(4 * self.window, self.channels, float(rig.config.sensor.rate_hz))
             safety = SafetyLimiter(cfg.step_limits, cfg.rate_limits)
             vlm = SimulatedVlm(
@@ -160,9 +176,10 @@ class ClosedLoopRunner:
             now = rig.stamp_ns
             if now >= next_tick:
                 next_tick += dt_ns
-                if expert is not None:
+                if cfg.mode == "expert":
                     executor.offer(Chunk(now, expert.chunk(rig.pose()), 0, cfg.action_period_s))
                     trace.chunks_ok += 1
+                    trace.ok_stamps_ns.append(now)
                 else:
                     stamps, samples = rig.sensor_samples_until()
                     if stamps.size:
@@ -173,6 +190,8 @@ class ClosedLoopRunner:
                         pass  # no new VLM result: keep playing the current chunk
                     else:
                         chunk = self._tick(now, newest, buffer, safety, trace)
+                        if chunk is not None and chunk.status == 0:
+                            trace.ok_stamps_ns.append(now)
                         if chunk is not None:
                             executor.offer(chunk)
                         if newest is not None:
@@ -196,13 +215,17 @@ class ClosedLoopRunner:
             chunks_ok=trace.chunks_ok,
             chunks_hold=trace.chunks_hold,
             chunks_ok_per_s=trace.chunks_ok / max(rig.time_s, 1e-9),
+            chunks_ok_steady_per_s=_steady_rate(trace.ok_stamps_ns),
+            first_ok_chunk_s=(trace.ok_stamps_ns[0] - rig.start_ns) / NS_PER_S
+            if trace.ok_stamps_ns
+            else float("nan"),
             vl_age_mean_s=float(np.mean(trace.vl_ages_s)) if trace.vl_ages_s else float("nan"),
             vl_age_max_s=float(np.max(trace.vl_ages_s)) if trace.vl_ages_s else float("nan"),
             action_wall_ms_p50=float(np.median(trace.action_wall_s) * 1e3)
             if trace.action_wall_s
             else float("nan"),
             vlm_wall_ms_p50=float(np.median(vlm.wall_s) * 1e3)
-            if expert is None and vlm.wall_s
+            if cfg.mode != "expert" and vlm.wall_s
             else float("nan"),
         )
         return result
@@ -246,6 +269,9 @@ class ClosedLoopRunner:
             trace.action_wall_s.append(time.perf_counter() - started)
             decision = check_output(raw, decision)
             if decision.ok:
+                if self.oracle is not None:
+                    raw = raw.copy()
+                    raw[:, 0:2] = self.oracle.chunk(self.rig.pose(), horizon)[:, 0:2]
                 actions = safety.apply(raw).actions
                 trace.vl_ages_s.append(decision.vl_age_s)
         if not decision.ok:

@@ -23,6 +23,8 @@ class DataSettings:
     seed: int = 0
     image_size: tuple[int, int] = (112, 112)
     camera_rate_hz: float = 10.0
+    hold_steps: int = 20
+    """Expert steps at rest at the goal before each demonstration ends (see ``sim.demos``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def ensure_demonstrations(
         seed=settings.seed,
         image_size=settings.image_size,
         camera_rate_hz=settings.camera_rate_hz,
+        hold_steps=settings.hold_steps,
         progress=progress,
     )
     (staging / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))

@@ -40,6 +40,12 @@ class EpisodeSink(Protocol):
         """Discard the recording."""
 
 
+DEFAULT_HOLD_STEPS = 20
+"""Steps the expert stays at its goal before an episode ends. Longer than a chunk (8 steps), so that
+training sees ticks whose whole target chunk is "stay": with 3 hold steps no sample ever showed the robot
+at rest at the goal, and learned policies kept inserting past the target depth."""
+
+
 def episode_seed(seed: int, index: int) -> int:
     """Return the rig seed of demonstration ``index`` in the set generated with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -52,7 +58,7 @@ def run_expert_episode(
     camera_rate_hz: float = 10.0,
     step_s: float = 0.1,
     max_steps: int = 250,
-    hold_steps: int = 3,
+    hold_steps: int = DEFAULT_HOLD_STEPS,
 ) -> dict[str, Any]:
     """Drive the expert in a ``reset`` rig, streaming everything to ``sinks``; return ``evaluate()``.
 
@@ -119,6 +125,7 @@ def generate_demonstrations(
     bag_dir: str | os.PathLike | None = None,
     write_episodes: bool = True,
     max_steps: int = 250,
+    hold_steps: int = DEFAULT_HOLD_STEPS,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the expert for ``num_episodes`` seeded episodes and record each one.
@@ -173,7 +180,12 @@ def generate_demonstrations(
             )
         try:
             result = run_expert_episode(
-                rig, sinks, expert_seed=rig_seed, camera_rate_hz=camera_rate_hz, max_steps=max_steps
+                rig,
+                sinks,
+                expert_seed=rig_seed,
+                camera_rate_hz=camera_rate_hz,
+                max_steps=max_steps,
+                hold_steps=hold_steps,
             )
         except BaseException:
             for sink in sinks:

@@ -1,0 +1,80 @@
+"""The in-process closed loop of bench/closed_loop.py: rates, the sync/async rules and the lateral oracle.
+
+Everything runs on the rig's simulated clock, so the figures checked here are exact, not wall-clock.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from insertion_vla_ros.closed_loop_sim import ClosedLoopRunner, LoopConfig, _steady_rate
+from sim.config import RigConfig
+from sim.demos import DEFAULT_HOLD_STEPS
+from sim.rig import InsertionRig
+
+NS = 1_000_000_000
+
+
+def test_steady_rate_counts_intervals_between_ok_chunks():
+    assert _steady_rate([]) == 0.0
+    assert _steady_rate([5 * NS]) == 0.0
+    assert _steady_rate([int(1.5 * NS) + i * NS // 10 for i in range(85)]) == pytest.approx(10.0)
+    assert _steady_rate([int(1.5 * NS) * (i + 1) for i in range(6)]) == pytest.approx(1 / 1.5)
+
+
+def test_demonstrations_rest_at_the_goal_for_longer_than_a_chunk():
+    # Otherwise no training sample shows a whole chunk of "stay" and policies insert past the target.
+    assert DEFAULT_HOLD_STEPS > 8
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+    from models.checkpoint import load_checkpoint
+
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("model"))
+    return load_checkpoint(checkpoint, load_vlm=True).eval()
+
+
+@pytest.fixture()
+def rig():
+    return InsertionRig(RigConfig().with_image_size(56, 56), seed=3)
+
+
+def test_expert_mode_solves_a_seeded_episode(rig):
+    result = ClosedLoopRunner(rig, None, LoopConfig(mode="expert", max_episode_s=15.0)).run("Blue", 11)
+    assert result["success"], result
+    assert result["chunks_ok_steady_per_s"] == pytest.approx(10.0)
+
+
+def test_async_delivers_ten_chunks_per_second_once_features_exist(rig, tiny_policy):
+    config = LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=4.0)
+    result = ClosedLoopRunner(rig, tiny_policy, config).run("Red", 5)
+    assert result["first_ok_chunk_s"] == pytest.approx(1.5)  # nothing to act on before the first result
+    assert result["chunks_hold"] == 15
+    assert result["chunks_ok_steady_per_s"] == pytest.approx(10.0)
+    assert result["chunks_ok_per_s"] < 10.0  # the whole-episode rate includes the start-up wait
+    assert result["vl_age_max_s"] <= 1.5 + 1.7 + 1e-6
+
+
+def test_sync_delivers_at_most_one_chunk_per_latency(rig, tiny_policy):
+    config = LoopConfig(mode="sync", vlm_latency_s=1.5, vlm_period_s=1.5, max_episode_s=8.0)
+    result = ClosedLoopRunner(rig, tiny_policy, config).run("Red", 5)
+    assert result["chunks_ok"] >= 3
+    assert result["chunks_ok_steady_per_s"] <= 1 / 1.5 + 1e-9
+
+
+def test_lateral_oracle_aligns_even_an_untrained_policy(rig, tiny_policy):
+    plain = LoopConfig(vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=3.0)
+    oracle = LoopConfig(vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=3.0, lateral_oracle=True)
+    without = ClosedLoopRunner(rig, tiny_policy, plain).run("Green", 21)
+    with_oracle = ClosedLoopRunner(rig, tiny_policy, oracle).run("Green", 21)
+    assert with_oracle["lateral_error_mm"] < 0.1
+    assert without["lateral_error_mm"] > 1.0  # the untrained policy alone does not find the target
+    assert np.isfinite(with_oracle["depth_error_mm"])
+
+
+def test_loop_config_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="mode"):
+        LoopConfig(mode="sometimes")
