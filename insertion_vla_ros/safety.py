@@ -73,6 +73,4 @@ class SafetyLimiter:
         self._previous = limited[0].copy()
         self.total_clipped += changed
         self.chunks_clipped += int(changed > 0)
-        return SafetyResult(
-            limited, int(step_changed.sum()), int(rate_changed.sum()), changed
-        )
+        return SafetyResult(limited, int(step_changed.sum()), int(rate_changed.sum()), changed)

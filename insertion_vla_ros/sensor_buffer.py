@@ -148,7 +148,9 @@ class SensorRingBuffer:
             size = self._size
             if size == 0:
                 return SensorWindow(
-                    np.zeros((0, self.channels), np.float32), np.zeros(0, np.int64), 0,
+                    np.zeros((0, self.channels), np.float32),
+                    np.zeros(0, np.int64),
+                    0,
                     f"sensor_window_incomplete: 0/{length} samples",
                 )
             oldest = (self._next - size) % self.capacity
