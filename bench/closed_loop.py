@@ -149,11 +149,18 @@ def _plot(results: dict[str, list[dict]], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     names = list(results)
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    ax.bar(names, [np.mean([r["success"] for r in results[n]]) for n in names])
-    ax.set_ylabel("success rate")
-    ax.set_ylim(0, 1)
-    ax.tick_params(axis="x", rotation=30)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    top.bar(names, [np.mean([r["success"] for r in results[n]]) for n in names])
+    top.set_ylabel("success rate")
+    top.set_ylim(0, 1)
+    depth = [np.mean([abs(r["depth_error_mm"]) for r in results[n]]) for n in names]
+    lateral = [np.mean([r["lateral_error_mm"] for r in results[n]]) for n in names]
+    x = np.arange(len(names))
+    bottom.bar(x - 0.2, depth, width=0.4, label="|depth error| (mm)")
+    bottom.bar(x + 0.2, lateral, width=0.4, label="lateral error (mm)")
+    bottom.set_ylabel("mean error (mm)")
+    bottom.legend(loc="upper right")
+    bottom.set_xticks(x, names, rotation=35, ha="right")
     fig.tight_layout()
     fig.savefig(out / "closed_loop_success.png", dpi=90)
     plt.close(fig)

@@ -25,6 +25,8 @@ class DataSettings:
     camera_rate_hz: float = 10.0
     hold_steps: int = 20
     """Expert steps at rest at the goal before each demonstration ends (see ``sim.demos``)."""
+    pause_probability: float = 0.1
+    """Chance per step inside the tissue that the expert pauses (see ``sim.demos.run_expert_episode``)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def ensure_demonstrations(
         image_size=settings.image_size,
         camera_rate_hz=settings.camera_rate_hz,
         hold_steps=settings.hold_steps,
+        pause_probability=settings.pause_probability,
         progress=progress,
     )
     (staging / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))

@@ -59,10 +59,16 @@ def run_expert_episode(
     step_s: float = 0.1,
     max_steps: int = 250,
     hold_steps: int = DEFAULT_HOLD_STEPS,
+    pause_probability: float = 0.0,
+    pause_steps: tuple[int, int] = (2, 6),
 ) -> dict[str, Any]:
     """Drive the expert in a ``reset`` rig, streaming everything to ``sinks``; return ``evaluate()``.
 
     The episode ends ``hold_steps`` steps after the expert reaches its goal, or after ``max_steps`` steps.
+    With ``pause_probability`` > 0 the expert stops for ``pause_steps`` (inclusive range, drawn from
+    ``expert_seed``) with that probability at each step inside the tissue before its goal. Without such
+    pauses "the tip was moving" predicts "keep moving" perfectly in the 100 ms sensor window, and a policy
+    can imitate its own motion instead of learning where to stop from the OCT/force signals.
     """
     scene = rig.scene
     if scene is None:
@@ -93,8 +99,16 @@ def run_expert_episode(
     record_streams()
     record_frames()
     held = 0
+    pause_rng = np.random.default_rng([expert_seed, 1])
+    paused = 0
     for _ in range(max_steps):
         action = expert.act(rig.pose())
+        inside = rig.pose()[2] < 0.0 and not expert.at_goal(rig.pose())
+        if paused == 0 and inside and pause_rng.random() < pause_probability:
+            paused = int(pause_rng.integers(pause_steps[0], pause_steps[1] + 1))
+        if paused > 0:
+            paused -= 1
+            action = np.concatenate([np.zeros(6), action[6:]])
         done_ticks = 0
         while done_ticks < step_ticks:
             # Split the step at camera ticks; uniform motion makes the pieces add up to the whole step.
@@ -126,6 +140,7 @@ def generate_demonstrations(
     write_episodes: bool = True,
     max_steps: int = 250,
     hold_steps: int = DEFAULT_HOLD_STEPS,
+    pause_probability: float = 0.0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the expert for ``num_episodes`` seeded episodes and record each one.
@@ -156,6 +171,8 @@ def generate_demonstrations(
             "target": rig.scene.target,
             "camera_rate_hz": camera_rate_hz,
             "image_size": list(image_size),
+            "hold_steps": hold_steps,
+            "pause_probability": pause_probability,
             "rig_config": config.to_dict(),
         }
         sinks: list[Any] = []
@@ -186,6 +203,7 @@ def generate_demonstrations(
                 camera_rate_hz=camera_rate_hz,
                 max_steps=max_steps,
                 hold_steps=hold_steps,
+                pause_probability=pause_probability,
             )
         except BaseException:
             for sink in sinks:

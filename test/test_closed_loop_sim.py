@@ -78,3 +78,43 @@ def test_lateral_oracle_aligns_even_an_untrained_policy(rig, tiny_policy):
 def test_loop_config_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mode"):
         LoopConfig(mode="sometimes")
+
+
+class _PoseSink:
+    """Keeps the recorded poses (the only stream these checks need)."""
+
+    def __init__(self) -> None:
+        self.poses: list[np.ndarray] = []
+
+    def add_frame(self, camera, stamp_ns, rgb) -> None:
+        pass
+
+    def add_sensor(self, stamps_ns, samples) -> None:
+        pass
+
+    def add_pose(self, stamp_ns, pose) -> None:
+        self.poses.append(np.asarray(pose, dtype=np.float64).copy())
+
+
+def _stationary_steps_inside_before_goal(poses: np.ndarray, goal_depth_mm: float) -> int:
+    steps = poses[::10]  # 100 Hz poses -> one per 100 ms step
+    inside = (steps[:-1, 2] < -0.05) & (-steps[:-1, 2] < goal_depth_mm - 0.1)
+    still = np.linalg.norm(steps[1:, 0:3] - steps[:-1, 0:3], axis=1) < 1e-9
+    return int(np.sum(inside & still))
+
+
+def test_demonstration_pauses_show_the_tip_at_rest_inside_the_tissue_and_still_succeed():
+    from sim.demos import run_expert_episode
+
+    rig = InsertionRig(RigConfig().with_image_size(32, 32), seed=0)
+    counts = {}
+    for probability in (0.0, 0.3):
+        rig.reset("Yellow", seed=17, render=False)
+        sink = _PoseSink()
+        result = run_expert_episode(rig, [sink], expert_seed=17, pause_probability=probability)
+        assert result["success"], result
+        counts[probability] = _stationary_steps_inside_before_goal(
+            np.stack(sink.poses), rig.scene.target_depth_mm
+        )
+    assert counts[0.0] == 0
+    assert counts[0.3] >= 2
