@@ -25,7 +25,7 @@ class DataSettings:
     camera_rate_hz: float = 10.0
     hold_steps: int = 20
     """Expert steps at rest at the goal before each demonstration ends (see ``sim.demos``)."""
-    pause_probability: float = 0.1
+    pause_probability: float = 0.25
     """Chance per step inside the tissue that the expert pauses (see ``sim.demos.run_expert_episode``)."""
 
 
