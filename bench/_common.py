@@ -80,3 +80,24 @@ def emit(
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return result
+
+
+def save_histogram(path: Path, series_ms: dict[str, Any], xlabel: str, ylabel: str = "count") -> Path:
+    """Write overlaid histograms (one per label, values in ms) as a PNG at ``path``; return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, values in series_ms.items():
+        axis.hist(np.asarray(values, dtype=float), bins=30, alpha=0.6, label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if len(series_ms) > 1:
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, emit, percentiles_ms  # noqa: E402
+from _common import base_parser, emit, percentiles_ms, save_histogram  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "insertion_vla.yaml"
@@ -174,6 +174,13 @@ def main() -> None:
         "duration_s": float(measured),
         "clean_exit": all(code == 0 for code in codes.values()),
     }
+    if args.out is not None:
+        save_histogram(
+            args.out / "control_loop_tick_interval.png",
+            {"tick interval": intervals * 1e3},
+            "interval between consecutive ActionChunks at the subscriber (ms)",
+            "chunks",
+        )
     config = {
         "quick": args.quick,
         "duration_s": duration,

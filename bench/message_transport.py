@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import base_parser, emit, percentiles_ms  # noqa: E402
+from _common import base_parser, emit, percentiles_ms, save_histogram  # noqa: E402
 
 from insertion_vla_ros.message_roundtrip import round_trip  # noqa: E402
 
@@ -49,19 +49,9 @@ def main() -> int:
 
 
 def _plot(results, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for kind in KINDS:
-        axis.hist([v * 1e3 for v in results[kind].latencies_s], bins=30, alpha=0.6, label=kind)
-    axis.set_xlabel("publish -> callback latency (ms)")
-    axis.set_ylabel("messages")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "message_transport_latency.png", dpi=100)
+    series = {kind: [v * 1e3 for v in results[kind].latencies_s] for kind in KINDS}
+    xlabel = "publish -> callback latency (ms)"
+    save_histogram(out / "message_transport_latency.png", series, xlabel, "messages")
 
 
 if __name__ == "__main__":
