@@ -45,6 +45,7 @@ from insertion_vla_ros.hold_policy import (  # noqa: E402
     check_inputs,
     check_output,
 )
+from insertion_vla_ros.latest_worker import LatestWorker  # noqa: E402
 from insertion_vla_ros.lifecycle_base import LATCHED_QOS, RELIABLE_QOS, ManagedNode, input_qos  # noqa: E402
 from insertion_vla_ros.msg_conversions import (  # noqa: E402
     action_chunk_to_msg,
@@ -209,6 +210,8 @@ class ActionExpertNode(ManagedNode):
         self.tracker = HoldTracker()
         self.tick_monitor = FrequencyMonitor(1.0 / p["action_period_s"], tolerance=0.1, window_s=5.0)
         self.features: deque[FeatureEntry] = deque(maxlen=2)
+        self._features_lock = threading.Lock()  # features and their counters: executor + encoder thread
+        self._encoder: LatestWorker | None = None
         self.features_received = 0
         self.features_rejected = 0
         self.sensor_bad_messages = 0
@@ -250,6 +253,7 @@ class ActionExpertNode(ManagedNode):
         p = self.params
         if not self.load_policy_and_warm_up(load_vlm=False):
             return TransitionCallbackReturn.FAILURE
+        self._encoder = LatestWorker(self._encode_features, self._reject_features, name="vl-encoder")
         sensor_group = MutuallyExclusiveCallbackGroup()
         features_group = MutuallyExclusiveCallbackGroup()
         tick_group = MutuallyExclusiveCallbackGroup()  # the tick never waits for another callback
@@ -323,6 +327,9 @@ class ActionExpertNode(ManagedNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self) -> None:
+        if self._encoder is not None:
+            self._encoder.stop()
+            self._encoder = None
         with self._tick_lock:
             if self._timer is not None:
                 self.destroy_timer(self._timer)
@@ -356,26 +363,43 @@ class ActionExpertNode(ManagedNode):
             self.get_logger().error(f"bad SensorSamples: {error}", throttle_duration_sec=5.0)
 
     def _on_features(self, msg: Any) -> None:
-        self.features_received += 1
         info = FeatureInfo(int(msg.sequence), stamp_to_ns(msg.header.stamp), str(msg.model_fingerprint))
-        encoded = None
-        policy = self.policy
-        if policy is not None and (
-            self.expected_fingerprint is None or info.fingerprint == self.expected_fingerprint
-        ):
-            try:  # once per feature message; every tick reuses the resampled latents
-                encoded = policy.encode_vl_features(np.array(vl_features_from_msg(msg), dtype=np.float32))
+        with self._features_lock:
+            self.features_received += 1
+        encoder = self._encoder
+        usable = self.policy is not None and encoder is not None
+        if usable and (self.expected_fingerprint is None or info.fingerprint == self.expected_fingerprint):
+            try:
+                features = np.array(vl_features_from_msg(msg), dtype=np.float32)  # own copy for the worker
             except ValueError as error:
-                self.features_rejected += 1
-                self.last_error = f"VLFeatures #{info.sequence} rejected: {error}"
-                self.get_logger().error(self.last_error, throttle_duration_sec=5.0)
+                self._reject_features((info, None), error)
                 return
-        else:
+            # Resampled once per message, off the executor: every tick reuses the latents.
+            encoder.submit((info, features))
+            return
+        with self._features_lock:  # a mismatched model: the tick holds and says why
             self.features_rejected += 1
-        self.features.append(FeatureEntry(info, encoded))
+            self.features.append(FeatureEntry(info, None))
+
+    def _encode_features(self, item: tuple[FeatureInfo, np.ndarray]) -> None:
+        info, features = item
+        policy = self.policy
+        if policy is None:
+            return
+        encoded = policy.encode_vl_features(features)
+        with self._features_lock:
+            self.features.append(FeatureEntry(info, encoded))
+
+    def _reject_features(self, item: tuple[FeatureInfo, Any], error: BaseException) -> None:
+        info = item[0]
+        with self._features_lock:
+            self.features_rejected += 1
+            self.last_error = f"VLFeatures #{info.sequence} rejected: {error}"
+        self.get_logger().error(self.last_error, throttle_duration_sec=5.0)
 
     def _select_features(self, tick_ns: int) -> FeatureEntry | None:
-        entries = list(self.features)
+        with self._features_lock:
+            entries = list(self.features)
         if not entries:
             return None
         usable = [entry for entry in entries if entry.info.stamp_ns <= tick_ns]
@@ -602,7 +626,9 @@ class ActionExpertNode(ManagedNode):
             sensor.merge(Level.ERROR, "no sensor samples received")
         elif stats.dropped_samples or self.sensor_bad_messages:
             sensor.merge(Level.WARN, f"{stats.dropped_samples} samples lost or out of order")
-        entry = self.features[-1] if self.features else None
+        with self._features_lock:
+            entry = self.features[-1] if self.features else None
+        encoder = self._encoder
         features = TaskStatus(
             f"{prefix}: vl features",
             Level.OK,
@@ -610,6 +636,7 @@ class ActionExpertNode(ManagedNode):
             {
                 "received": self.features_received,
                 "rejected": self.features_rejected,
+                "superseded before encoding": encoder.superseded if encoder is not None else 0,
                 "last sequence": entry.info.sequence if entry else -1,
                 "age at last tick (s)": self.last_decision.vl_age_s if self.last_decision else float("nan"),
                 "max age (s)": self.vl_max_age_ns / NS_PER_S,
