@@ -177,6 +177,18 @@ class FeatureEntry:
     encoded: Any
 
 
+def newest_features(entries: list[FeatureEntry], tick_ns: int) -> FeatureEntry | None:
+    """The entry with the newest capture stamp at or before ``tick_ns`` (else the newest overall).
+
+    By stamp, not by arrival: features are resampled in a worker thread, so a rejected (mismatched) message
+    can be stored before an older good one finishes encoding. Equal stamps: the later arrival wins.
+    """
+    if not entries:
+        return None
+    usable = [entry for entry in entries if entry.info.stamp_ns <= tick_ns] or entries
+    return max(reversed(usable), key=lambda entry: entry.info.stamp_ns)
+
+
 class ActionExpertNode(ManagedNode):
     """Lifecycle node producing action chunks at a fixed rate (see the module docstring)."""
 
@@ -400,10 +412,7 @@ class ActionExpertNode(ManagedNode):
     def _select_features(self, tick_ns: int) -> FeatureEntry | None:
         with self._features_lock:
             entries = list(self.features)
-        if not entries:
-            return None
-        usable = [entry for entry in entries if entry.info.stamp_ns <= tick_ns]
-        return usable[-1] if usable else entries[-1]
+        return newest_features(entries, tick_ns)
 
     # ----------------------------------------------------------------------------------------- tick
     def _on_tick(self) -> None:
