@@ -70,20 +70,28 @@ def bench_action_expert(
     hvl = cfg.vlm.hidden_size
     window = torch.randn(1, cfg.sensor.window, cfg.sensor.channels, device=device)
     feats = torch.randn(1, tokens, hvl, device=device)
+    state = (
+        torch.zeros(1, cfg.action_expert.state_dim, device=device) if cfg.action_expert.state_dim else None
+    )
     for head in ("regression", "flow"):
         head_cfg = dataclasses.replace(cfg, action_expert=dataclasses.replace(cfg.action_expert, head=head))
         torch.manual_seed(0)
         policy = AsyncVLAPolicy(head_cfg, device=device).eval()
         encoded = policy.encode_vl_features(feats)
         key = prefix if head == "regression" else f"{prefix}_flow"
-        samples = _time(lambda p=policy, e=encoded: p.predict_actions(e, window, 0.5), iters, 5, device)
+        samples = _time(
+            lambda p=policy, e=encoded: p.predict_actions(e, window, 0.5, robot_state=state), iters, 5, device
+        )
         metrics.update(percentiles_ms(samples, key))
         if device.type == "cpu":
             metrics.update(percentiles_ms(CPU_SAMPLES[id(samples)], f"{key}_cpu"))
         if head == "regression":
             # A fresh tensor object per call defeats the identity cache: the un-amortised cost.
             samples = _time(
-                lambda p=policy: p.predict_actions(feats.clone(), window, 0.5), max(iters // 4, 5), 2, device
+                lambda p=policy: p.predict_actions(feats.clone(), window, 0.5, robot_state=state),
+                max(iters // 4, 5),
+                2,
+                device,
             )
             metrics.update(percentiles_ms(samples, f"{prefix}_uncached"))
             samples = _time(lambda p=policy: p.encode_vl_features(feats), max(iters // 4, 5), 2, device)

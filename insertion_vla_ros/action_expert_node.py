@@ -5,6 +5,8 @@ sample stamp. The VLFeatures subscription decodes and resamples each feature mes
 ~17 ticks). The tick timer has its own callback group on a multi-threaded executor and follows the ROS
 clock, so bag replays with /clock drive it. Each tick: window(65) ending at the tick, hold policy, policy
 forward, non-finite check, safety layer, publish (plus optional TwistStamped / MultiDOFJointTrajectory).
+A policy with robot-state input (``action_expert.state_dim > 0``) also gets the newest measured pose at or
+before the tick from ``pose_topic``; without a fresh one the tick holds (``robot_state_missing/stale``).
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ from insertion_vla_ros.msg_conversions import (  # noqa: E402
 from insertion_vla_ros.node_main import run_lifecycle_node  # noqa: E402
 from insertion_vla_ros.parameters import ParamSpec, runtime_param_specs  # noqa: E402
 from insertion_vla_ros.policy_loading import checkpoint_info  # noqa: E402
+from insertion_vla_ros.robot_state import RobotStateBuffer  # noqa: E402
 from insertion_vla_ros.safety import SafetyLimiter  # noqa: E402
 from insertion_vla_ros.sensor_buffer import SensorRingBuffer  # noqa: E402
 from insertion_vla_ros.standard_outputs import trajectory_msg, twist_msg  # noqa: E402
 from insertion_vla_ros.time_conversions import NS_PER_S, stamp_to_ns  # noqa: E402
+from models.pose_math import pose_from_ros  # noqa: E402
 
 NODE_NAME = "action_expert_node"
 INF = float("inf")
@@ -116,6 +120,25 @@ PARAMETERS: list[ParamSpec] = [
         "Missing samples a window may span before HOLD.",
         minimum=0,
         maximum=64,
+    ),
+    ParamSpec(
+        "pose_topic",
+        "/robot/pose",
+        "PoseStamped input topic of the measured tool pose (subscribed only when the policy takes state).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "pose_max_age_s",
+        0.1,
+        "HOLD when the newest robot pose is older than this at the tick, s (state-input policies).",
+        minimum=0.0,
+        maximum=10.0,
+    ),
+    ParamSpec(
+        "pose_gripper",
+        1.0,
+        "Gripper value of the robot state (PoseStamped carries none).",
+        read_only=True,
     ),
     ParamSpec("features_topic", "/vla/vl_features", "VLFeatures input topic (latched).", read_only=True),
     ParamSpec(
@@ -209,6 +232,8 @@ class ActionExpertNode(ManagedNode):
         self.channels = int(self.checkpoint_info.get("sensor_channels", model_config["sensor"]["channels"]))
         self.sample_rate_hz = float(model_config["sensor"]["sample_rate_hz"])
         self.horizon = int(self.checkpoint_info.get("horizon", model_config["action_expert"]["horizon"]))
+        self.state_dim = int(model_config["action_expert"].get("state_dim", 0))
+        self.robot_state = RobotStateBuffer()
         self.expected_fingerprint = (
             str(self.checkpoint_info["fingerprint"]) if p["check_fingerprint"] else None
         )
@@ -287,6 +312,18 @@ class ActionExpertNode(ManagedNode):
                 callback_group=features_group,
             )
         )
+        if self.state_dim:
+            from geometry_msgs.msg import PoseStamped
+
+            self._input_subscriptions.append(
+                self.create_subscription(
+                    PoseStamped,
+                    p["pose_topic"],
+                    self._on_pose,
+                    input_qos("reliable", 50),
+                    callback_group=sensor_group,
+                )
+            )
         self._chunk_pub = self.create_lifecycle_publisher(
             interfaces.ActionChunk, p["chunk_topic"], RELIABLE_QOS
         )
@@ -355,6 +392,7 @@ class ActionExpertNode(ManagedNode):
             self._chunk_pub = self._twist_pub = self._trajectory_pub = None
             self.features.clear()
             self.buffer.clear()
+            self.robot_state.clear()
             self.policy = None
         import gc
 
@@ -363,7 +401,9 @@ class ActionExpertNode(ManagedNode):
     def _warm_up(self) -> None:
         hidden = int(self.checkpoint_info.get("vl_hidden_size", self.policy.vl_hidden_size))
         encoded = self.policy.encode_vl_features(np.zeros((4, hidden), np.float32))
-        self.policy.predict_actions(encoded, np.zeros((self.window_length, self.channels), np.float32), 0.0)
+        window = np.zeros((self.window_length, self.channels), np.float32)
+        state = np.zeros(self.state_dim, np.float32) if self.state_dim else None
+        self.policy.predict_actions(encoded, window, 0.0, robot_state=state)
 
     # ----------------------------------------------------------------------------------------- inputs
     def _on_sensor(self, msg: Any) -> None:
@@ -373,6 +413,13 @@ class ActionExpertNode(ManagedNode):
         except ValueError as error:
             self.sensor_bad_messages += 1
             self.get_logger().error(f"bad SensorSamples: {error}", throttle_duration_sec=5.0)
+
+    def _on_pose(self, msg: Any) -> None:
+        try:
+            pose = pose_from_ros(msg.pose, self.params["pose_gripper"])
+            self.robot_state.add(stamp_to_ns(msg.header.stamp), pose)
+        except ValueError as error:
+            self.get_logger().error(f"bad robot pose: {error}", throttle_duration_sec=5.0)
 
     def _on_features(self, msg: Any) -> None:
         info = FeatureInfo(int(msg.sequence), stamp_to_ns(msg.header.stamp), str(msg.model_fingerprint))
@@ -430,12 +477,16 @@ class ActionExpertNode(ManagedNode):
                 gap_tolerance_samples=int(p["sensor_gap_tolerance_samples"]),
             )
             entry = self._select_features(tick_ns)
+            state, state_problem = None, ""
+            if self.state_dim:
+                state, state_problem = self.robot_state.state_at(tick_ns, int(p["pose_max_age_s"] * NS_PER_S))
             decision = check_inputs(
                 tick_ns,
                 None if entry is None else entry.info,
                 expected_fingerprint=self.expected_fingerprint,
                 max_age_ns=self.vl_max_age_ns,
                 window_problem=window.problem,
+                state_problem=state_problem,
             )
             actions = np.zeros((self.horizon, len(self.action_names)), np.float32)
             latency, clipped = 0.0, 0
@@ -445,7 +496,9 @@ class ActionExpertNode(ManagedNode):
                 )
             if decision.ok:
                 started = time.perf_counter()
-                raw = self.policy.predict_actions(entry.encoded, window.samples, decision.vl_age_s)
+                raw = self.policy.predict_actions(
+                    entry.encoded, window.samples, decision.vl_age_s, robot_state=state
+                )
                 raw = raw.detach().to("cpu").numpy()
                 latency = time.perf_counter() - started
                 decision = check_output(raw, decision)

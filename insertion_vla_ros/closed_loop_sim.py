@@ -264,7 +264,9 @@ class ClosedLoopRunner:
         actions = np.zeros((horizon, 7), np.float32)
         if decision.ok:
             started = time.perf_counter()
-            raw = self.policy.predict_actions(newest.features, window.samples, decision.vl_age_s)
+            raw = self.policy.predict_actions(
+                newest.features, window.samples, decision.vl_age_s, robot_state=self.rig.pose()
+            )
             raw = raw.detach().cpu().numpy()
             trace.action_wall_s.append(time.perf_counter() - started)
             decision = check_output(raw, decision)

@@ -160,7 +160,13 @@ def evaluate_bag(
         recorded = [pose_at(streams, t + j * dt) for j in range(horizon + 1)]
         if decision.ok and all(p is not None for p in recorded):
             started = time.perf_counter()
-            pred = policy.predict_actions(newest.features, win.samples, decision.vl_age_s).cpu().numpy()
+            pred = (
+                policy.predict_actions(
+                    newest.features, win.samples, decision.vl_age_s, robot_state=recorded[0]
+                )
+                .cpu()
+                .numpy()
+            )
             record["latency_s"] = time.perf_counter() - started
             decision = check_output(pred, decision)
             record["status"] = int(decision.status)

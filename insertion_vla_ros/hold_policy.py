@@ -2,7 +2,8 @@
 
 Every tick is judged from its inputs alone, so the controller recovers as soon as they are good again:
 no features yet -> WAITING; features from another model, from the future, or older than the maximum age,
-or a sensor window that is incomplete, stale, gappy or non-finite -> HOLD; a non-finite model output ->
+a sensor window that is incomplete, stale, gappy or non-finite, or (for a policy with state input) a
+missing or stale robot pose -> HOLD; a non-finite model output ->
 HOLD. WAITING and HOLD chunks carry zero motion. Reasons start with a stable code (``code: details``).
 """
 
@@ -59,8 +60,13 @@ def check_inputs(
     expected_fingerprint: str | None,
     max_age_ns: int,
     window_problem: str = "",
+    state_problem: str = "",
 ) -> Decision:
-    """Judge the inputs of one tick (``window_problem`` is ``SensorWindow.problem``)."""
+    """Judge the inputs of one tick.
+
+    ``window_problem`` is ``SensorWindow.problem``; ``state_problem`` is the reason from
+    ``RobotStateBuffer.state_at`` for a policy with state input.
+    """
     if features is None:
         return Decision(ChunkStatus.WAITING, "no_vl_features: no VLFeatures received yet")
     age_ns = tick_ns - features.stamp_ns
@@ -80,6 +86,8 @@ def check_inputs(
         )
     if window_problem:
         return Decision(ChunkStatus.HOLD, window_problem, age_s)
+    if state_problem:
+        return Decision(ChunkStatus.HOLD, state_problem, age_s)
     return Decision(ChunkStatus.OK, "", age_s)
 
 

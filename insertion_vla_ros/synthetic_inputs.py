@@ -1,10 +1,11 @@
-"""Synthetic rig inputs for tests and benchmarks: N camera streams and a batched 650 Hz sensor stream.
+"""Synthetic rig inputs for tests and benchmarks: cameras, a batched 650 Hz sensor and a fixed robot pose.
 
-Not a simulator (see ``sim_node`` for that): it publishes fixed images per camera at ``camera_rate_hz``
-and pre-generated sensor samples, stamped on the node's ROS clock (so it follows /clock under
-``use_sim_time``). Sample stamps are ``start + i / rate`` and never ahead of the clock: each timer callback
-publishes every sample due by now, batched ``samples_per_message`` at a time. Run time switches (dynamic
-parameters): ``stopped_cameras`` (comma-separated names), ``sensor_enabled``, ``sensor_nan``.
+Not a simulator (see ``sim_node`` for that): it publishes fixed images per camera at ``camera_rate_hz``,
+pre-generated sensor samples and a fixed pose on ``/robot/pose`` at 100 Hz, stamped on the node's ROS clock
+(so it follows /clock under ``use_sim_time``). Sample stamps are ``start + i / rate`` and never ahead of the
+clock: each timer callback publishes every sample due by now, batched ``samples_per_message`` at a time.
+Run time switches (dynamic parameters): ``stopped_cameras`` (comma-separated names), ``sensor_enabled``,
+``sensor_nan``, ``pose_enabled``.
 Run: ``python -m insertion_vla_ros.synthetic_inputs --ros-args -p camera_rate_hz:=10.0``.
 """
 
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 import numpy as np
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -43,6 +45,9 @@ PARAMETERS = [
         "sensor_enabled", True, "Publish sensor samples (dynamic; samples skipped while off are lost)."
     ),
     ParamSpec("sensor_nan", False, "Put NaN into channel 0 of every sample (dynamic)."),
+    ParamSpec("pose_topic", "/robot/pose", "PoseStamped topic of the (fixed) robot pose.", read_only=True),
+    ParamSpec("pose_rate_hz", 100.0, "Pose rate.", read_only=True, minimum=1.0, maximum=1000.0),
+    ParamSpec("pose_enabled", True, "Publish the robot pose (dynamic)."),
 ]
 
 
@@ -79,6 +84,12 @@ class SyntheticInputs(Node):
         self.create_timer(1.0 / p["camera_rate_hz"], self._publish_cameras)
         batch_period = p["samples_per_message"] / p["sensor_rate_hz"]
         self.create_timer(batch_period / 2.0, self._publish_sensor)
+        self.pose_pub = self.create_publisher(PoseStamped, p["pose_topic"], 10)
+        self.pose = PoseStamped()
+        self.pose.header.frame_id = "base"
+        self.pose.pose.position.z = 0.005  # 5 mm above the surface, needle pointing down
+        self.pose.pose.orientation.w = 1.0
+        self.create_timer(1.0 / p["pose_rate_hz"], self._publish_pose)
 
     def _on_set(self, parameters: list[Any]) -> Any:
         result = make_set_parameters_validator(PARAMETERS)(parameters)
@@ -98,6 +109,13 @@ class SyntheticInputs(Node):
             msg.header.stamp = ns_to_stamp(now_ns)
             self.camera_pubs[name].publish(msg)
         self.frames_published += 1
+
+    def _publish_pose(self) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        if now_ns <= 0 or not self.params["pose_enabled"]:
+            return
+        self.pose.header.stamp = ns_to_stamp(now_ns)
+        self.pose_pub.publish(self.pose)
 
     def _publish_sensor(self) -> None:
         now_ns = self.get_clock().now().nanoseconds

@@ -5,7 +5,8 @@ Three stages, split so the expensive VL side runs once per VL feature rather tha
 1. ``encode_vl`` (cacheable): a latent resampler — ``vl_latents`` learned queries cross-attend to the
    projected VL tokens ``[B, T, Hvl]`` — compresses ~1500 x 2048 features to ``[B, vl_latents, d]``. It
    depends on nothing but the features, so one result serves all ~17 ticks that reuse them.
-2. ``context``: a small transformer encoder over ``[age token, sensor tokens, VL latents]``.
+2. ``context``: a small transformer encoder over ``[age token, (state token,) sensor tokens, VL latents]``;
+   the state token embeds the measured robot pose when ``state_dim > 0``.
 3. a head, decoding ``horizon`` action tokens that cross-attend to the context:
    * ``regression``: learned step queries, one pass, trained with masked MSE;
    * ``flow`` (rectified flow matching): tokens embed a noisy chunk x_t and the time t; the decoder
@@ -113,6 +114,10 @@ class ActionExpert(nn.Module):
             noise = torch.randn(cfg.horizon, cfg.action_dim, generator=generator)
             self.register_buffer("flow_noise", noise, persistent=False)
         self.num_sensor_tokens = num_sensor_tokens
+        self.state_embed = None
+        if cfg.state_dim:
+            self.state_embed = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
+            self.state_type = nn.Parameter(torch.randn(d) * 0.02)
 
     # ------------------------------------------------------------------------------------ building blocks
     def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,18 +130,24 @@ class ActionExpert(nn.Module):
         return self.age_mlp(fourier_features(scaled, 8))
 
     def context(
-        self, vl_latents: torch.Tensor, sensor_tokens: torch.Tensor, age: torch.Tensor
+        self,
+        vl_latents: torch.Tensor,
+        sensor_tokens: torch.Tensor,
+        age: torch.Tensor,
+        state: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fuse ``[age token, sensor tokens, VL latents]`` -> ``[B, 1 + S + L, d]``."""
-        tokens = torch.cat(
-            [
-                (age + self.type_embed[0])[:, None],
-                sensor_tokens + self.type_embed[1],
-                vl_latents + self.type_embed[2],
-            ],
-            dim=1,
-        )
-        return self.context_encoder(tokens)
+        """Fuse ``[age, (state,) sensor tokens, VL latents]`` -> ``[B, 1 (+1) + S + L, d]``.
+
+        ``state`` is the normalised robot state ``[B, state_dim]``; it is required exactly when the config
+        has ``state_dim > 0``.
+        """
+        parts = [(age + self.type_embed[0])[:, None]]
+        if self.state_embed is not None:
+            if state is None:
+                raise ValueError(f"this action expert needs the robot state ([B, {self.cfg.state_dim}])")
+            parts.append((self.state_embed(state.float()) + self.state_type)[:, None])
+        parts += [sensor_tokens + self.type_embed[1], vl_latents + self.type_embed[2]]
+        return self.context_encoder(torch.cat(parts, dim=1))
 
     def _decode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.out(self.decoder(tokens, context))

@@ -124,6 +124,11 @@ def save_checkpoint(policy, directory: str | os.PathLike, extra: dict[str, Any] 
             "sensor_std": policy.sensor_encoder.std.tolist(),
             "action_mean": policy.action_mean.tolist(),
             "action_std": policy.action_std.tolist(),
+            **(
+                {"state_mean": policy.state_mean.tolist(), "state_std": policy.state_std.tolist()}
+                if policy.state_dim
+                else {}
+            ),
         },
         "checksums": checksums,
         "versions": _versions(),

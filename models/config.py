@@ -22,6 +22,8 @@ TOKEN_SELECTIONS = ("vision", "all", "pooled")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
 PROCESSOR_BACKENDS = ("auto", "torchvision", "pil")
 HEADS = ("regression", "flow")
+STATE_DIM_MAX = 7
+"""The measured pose has 7 values: x, y, z (mm), rotation vector (rad), gripper."""
 
 
 class ConfigError(ValueError):
@@ -151,6 +153,11 @@ class ActionExpertConfig:
     # is blind to token order, and for a fixed view count and image size a token's index is its view and
     # image position: where the target appears in a view is what aligns the needle over it.
     vl_token_positions: int = 0
+    # Robot state input: the first ``state_dim`` values of the measured pose (x, y, z in mm, rotation
+    # vector, gripper) at the tick, one more context token (0: no state input). DESIGN allows state as
+    # long as it is what the robot actually did; with the tip position, "which layer am I in" is no longer
+    # something a memoryless 100 ms sensor window has to guess.
+    state_dim: int = 0
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an unknown head or sizes that do not divide."""
@@ -169,6 +176,8 @@ class ActionExpertConfig:
             _positive(f"action_expert.{name}", getattr(self, name))
         if self.vl_token_positions < 0:
             raise ConfigError(f"action_expert.vl_token_positions must be >= 0, got {self.vl_token_positions}")
+        if not 0 <= self.state_dim <= STATE_DIM_MAX:
+            raise ConfigError(f"action_expert.state_dim must be in 0..{STATE_DIM_MAX}, got {self.state_dim}")
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"action_expert.d_model {self.d_model} is not divisible by num_heads {self.num_heads}"

@@ -193,22 +193,23 @@ def tick_function(policy, graphed: bool = False, stream: torch.cuda.Stream | Non
     window = (
         np.random.default_rng(0).standard_normal((cfg.sensor.window, cfg.sensor.channels)).astype(np.float32)
     )
+    state = np.zeros(policy.state_dim, np.float32) if policy.state_dim else None
     if graphed:
         head = GraphedActionHead(policy, stream=stream)
 
         def tick():
-            return head(encoded.latents, torch.from_numpy(window)[None], 0.2).cpu()
+            return head(encoded.latents, torch.from_numpy(window)[None], 0.2, state).cpu()
 
         return tick
     if device.type == "cuda" and stream is not None:
 
         def tick():
             with torch.cuda.stream(stream):
-                out = policy.predict_actions(encoded, window, 0.2).cpu()
+                out = policy.predict_actions(encoded, window, 0.2, robot_state=state).cpu()
             return out
 
         return tick
-    return lambda: policy.predict_actions(encoded, window, 0.2).cpu()
+    return lambda: policy.predict_actions(encoded, window, 0.2, robot_state=state).cpu()
 
 
 def measure_action_expert(policy, num_ticks: int, warmup: int, graphed: bool = False, stream=None) -> dict:

@@ -10,8 +10,9 @@ Training: ``forward(batch)`` returns loss + metrics. Stage 1 passes cached ``vl_
 serves the R sensor windows / targets of each group, exactly as a feature is reused at run time.
 ``set_stage(1|2)`` sets ``requires_grad`` accordingly; ``parameter_groups()`` feeds separate learning rates.
 
-Actions are normalised inside (``action_mean``/``action_std`` buffers, per action dimension), so inputs and
-outputs are physical units. The ``fingerprint`` identifies the feature function: VLM identity and the
+Actions are normalised inside (``action_mean``/``action_std`` buffers, per action dimension), and so is the
+optional robot state (``state_mean``/``state_std``, present when ``action_expert.state_dim > 0``), so inputs
+and outputs are physical units. The ``fingerprint`` identifies the feature function: VLM identity and the
 settings that change its output, the LoRA weights hash (``none`` for no adapter or a no-op one) and the
 feature layout. It does not depend on the sensor encoder or action expert.
 """
@@ -82,6 +83,9 @@ class AsyncVLAPolicy(nn.Module):
         self.action_expert = ActionExpert(ae, config.vlm.hidden_size, self.sensor_encoder.num_tokens)
         self.register_buffer("action_mean", torch.zeros(ae.action_dim))
         self.register_buffer("action_std", torch.ones(ae.action_dim))
+        if ae.state_dim:  # only then: checkpoints of state-free policies keep their exact keys
+            self.register_buffer("state_mean", torch.zeros(ae.state_dim))
+            self.register_buffer("state_std", torch.ones(ae.state_dim))
         self._vlm: VLFeatureExtractor | None = None
         self.vlm_model: nn.Module | None = None
         self._stored_lora_hash = lora_utils.NO_LORA_HASH
@@ -104,6 +108,11 @@ class AsyncVLAPolicy(nn.Module):
         """Names of the action dimensions (``models.pose_math.ACTION_NAMES`` for 7-D actions)."""
         dim = self.config.action_expert.action_dim
         return ACTION_NAMES if dim == len(ACTION_NAMES) else tuple(f"a{i}" for i in range(dim))
+
+    @property
+    def state_dim(self) -> int:
+        """Robot-state values the policy consumes (first ``state_dim`` of the measured pose; 0: none)."""
+        return self.config.action_expert.state_dim
 
     @property
     def has_vlm(self) -> bool:
@@ -221,22 +230,56 @@ class AsyncVLAPolicy(nn.Module):
         sensor_std: Any = None,
         action_mean: Any = None,
         action_std: Any = None,
+        state_mean: Any = None,
+        state_std: Any = None,
     ) -> None:
-        """Set per-channel sensor and per-dimension action statistics (any subset)."""
+        """Set per-channel sensor, per-dimension action and robot-state statistics (any subset).
+
+        State statistics may cover the whole pose (the first ``state_dim`` values are kept); a policy
+        without state input (``state_dim == 0``) ignores them.
+        """
         if sensor_mean is not None or sensor_std is not None:
             mean = self.sensor_encoder.mean if sensor_mean is None else sensor_mean
             std = self.sensor_encoder.std if sensor_std is None else sensor_std
             self.sensor_encoder.set_normalization(mean, std)
-        dim = self.config.action_expert.action_dim
-        for name, value in (("action_mean", action_mean), ("action_std", action_std)):
+        vectors = [("action_mean", action_mean), ("action_std", action_std)]
+        if self.state_dim:
+            vectors += [("state_mean", state_mean), ("state_std", state_std)]
+        for name, value in vectors:
             if value is None:
                 continue
+            dim = getattr(self, name).shape[0]
             tensor = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+            if name.startswith("state_"):  # statistics of the whole pose: keep the values the policy uses
+                tensor = tensor[:dim]
             if tensor.shape != (dim,) or not torch.isfinite(tensor).all():
                 raise ValueError(f"{name} must be {dim} finite values, got {tuple(tensor.shape)}")
-            if name == "action_std":
+            if name.endswith("_std"):
                 tensor = tensor.clamp_min(1e-6)
             getattr(self, name).copy_(tensor)
+
+    def normalized_state(self, robot_state: Any, batch: int) -> torch.Tensor | None:
+        """Measured pose values -> normalised ``[batch, state_dim]`` (``None``: the policy takes no state).
+
+        ``robot_state`` is ``[state_dim]`` or ``[B, state_dim]``, or the full 7-D pose, of which the first
+        ``state_dim`` values are used. Raises ``ValueError`` when a needed state is missing, mis-shaped or
+        non-finite.
+        """
+        if not self.state_dim:
+            return None
+        if robot_state is None:
+            raise ValueError(f"this policy needs robot_state (the first {self.state_dim} pose values)")
+        state = _as_tensor(robot_state, "robot_state").to(self.device, torch.float32)
+        state = state[None] if state.ndim == 1 else state
+        if state.ndim != 2 or state.shape[1] < self.state_dim or state.shape[0] not in (1, batch):
+            raise ValueError(
+                f"robot_state must be [{self.state_dim}] or [{batch}, {self.state_dim}] (extra trailing "
+                f"pose values are ignored), got {list(state.shape)}"
+            )
+        state = state[:, : self.state_dim]
+        if not torch.isfinite(state).all():
+            raise ValueError("robot_state contains non-finite values")
+        return ((state - self.state_mean) / self.state_std).expand(batch, -1)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Physical -> normalised units."""
@@ -296,12 +339,19 @@ class AsyncVLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_actions(
-        self, vl_features: Any, sensor_window: Any, vl_age_s: Any, vl_mask: Any = None
+        self,
+        vl_features: Any,
+        sensor_window: Any,
+        vl_age_s: Any,
+        vl_mask: Any = None,
+        robot_state: Any = None,
     ) -> torch.Tensor:
         """Predict a chunk ``[B, H, D]`` in physical units (``[H, D]`` for an unbatched ``[W, C]`` window).
 
         ``vl_features`` is ``[T,Hvl]``/``[B,T,Hvl]`` or an ``EncodedVL``; a VL batch of 1 is shared by
-        every window. ``vl_age_s`` is a float or ``[B]``. Eval mode, no grad, deterministic.
+        every window. ``vl_age_s`` is a float or ``[B]``. ``robot_state`` is the measured pose at the tick
+        (see ``normalized_state``); required when ``state_dim > 0``, ignored otherwise. Eval mode, no grad,
+        deterministic.
         """
         window = _as_tensor(sensor_window, "sensor_window")
         unbatched = window.ndim == 2
@@ -330,14 +380,17 @@ class AsyncVLAPolicy(nn.Module):
             latents = latents.expand(batch, -1, -1)
         if latents.shape[0] != batch:
             raise ValueError(f"{latents.shape[0]} VL feature sets for {batch} sensor windows")
+        state = self.normalized_state(robot_state, batch)
         with _eval_mode(self.sensor_encoder, self.action_expert):
-            actions = self.denormalize_actions(self._head_forward(latents, window, age))
+            actions = self.denormalize_actions(self._head_forward(latents, window, age, state))
         return actions[0] if unbatched else actions
 
-    def _head_forward(self, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor) -> torch.Tensor:
+    def _head_forward(
+        self, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor, state: torch.Tensor | None
+    ) -> torch.Tensor:
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        return ae.predict(ae.context(latents, self.sensor_encoder(window), age), age)
+        return ae.predict(ae.context(latents, self.sensor_encoder(window), age, state), age)
 
     # ------------------------------------------------------------------------------------------ training
     def set_stage(self, stage: int) -> None:
@@ -402,9 +455,10 @@ class AsyncVLAPolicy(nn.Module):
             )
         if latents.shape[0] != n:
             raise ValueError(f"{latents.shape[0]} VL feature sets for {n} sensor windows")
+        state = self.normalized_state(batch.get("robot_state"), n)
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(latents, self.sensor_encoder(window), age)
+        context = ae.context(latents, self.sensor_encoder(window), age, state)
         loss, metrics = ae.loss(context, age, self.normalize_actions(target), step_mask)
         metrics["loss"] = float(loss.detach())
         metrics["vl_age_mean_s"] = float(age_s.mean())

@@ -9,6 +9,8 @@ composed as matrices, never by differencing Euler angles.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 _SMALL_ANGLE = 1e-8
@@ -129,3 +131,18 @@ def quaternion_to_rotvec(quaternion: np.ndarray) -> np.ndarray:
     angle = 2.0 * np.arctan2(sin_half, q[..., 3:4])
     scale = np.where(sin_half < 1e-12, 2.0, angle / np.where(sin_half < 1e-12, 1.0, sin_half))
     return q[..., :3] * scale
+
+
+def pose_from_ros(pose_msg: Any, gripper: float) -> np.ndarray:
+    """A ``geometry_msgs/Pose`` (metres, quaternion; any object with its fields) -> internal 7-D pose.
+
+    The result is ``[x, y, z (mm), rotation vector (rad), gripper]``. A zero quaternion gives a non-finite
+    rotation, so callers that validate finiteness reject the pose instead of guessing one.
+    """
+    p, q = pose_msg.position, pose_msg.orientation
+    try:
+        rotvec = quaternion_to_rotvec(np.array([q.x, q.y, q.z, q.w], dtype=np.float64))
+    except ValueError:
+        rotvec = np.full(3, np.nan)
+    position_mm = np.array([p.x, p.y, p.z], dtype=np.float64) * 1000.0
+    return np.concatenate([position_mm, rotvec, [float(gripper)]])

@@ -36,7 +36,9 @@ def main() -> int:
             sample = episode.sample(tick, 0)
             features = policy.extract_vl_features(episode.load_images(sample["ref"]), episode.instruction)
             window = torch.from_numpy(sample["sensor_window"])
-            predicted = policy.predict_actions(features, window, float(sample["vl_age_s"])).numpy()
+            predicted = policy.predict_actions(
+                features, window, float(sample["vl_age_s"]), robot_state=sample["robot_state"]
+            ).numpy()
             target = np.asarray(sample["target_actions"])
             print(
                 f"  tick {tick:3d}  target dxyz {target[0, :3].round(2)}  "

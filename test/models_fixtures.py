@@ -20,7 +20,12 @@ def tiny_qwen_dir(tmp_path_factory):
 
 
 def tiny_config(model_dir, **action_expert) -> PolicyConfig:
-    """The tiny YAML config pointed at ``model_dir``, with optional action-expert overrides."""
+    """The tiny YAML config pointed at ``model_dir``, with optional action-expert overrides.
+
+    Robot-state input is off unless ``state_dim`` is given: most tests exercise the VL + sensor contract,
+    and the state tests (``test_models_policy.py``) switch it on explicitly.
+    """
+    action_expert.setdefault("state_dim", 0)
     cfg = load_model_config("tiny")
     cfg.vlm.model_name_or_path = str(model_dir)
     cfg.action_expert = dataclasses.replace(cfg.action_expert, **action_expert)

@@ -190,3 +190,20 @@ def test_edited_fingerprint_is_caught(saved):
     _edit_info(path, lambda info: info.update({"fingerprint": "0" * 16}))
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_checkpoint(path)
+
+
+def test_state_policy_round_trip_keeps_state_statistics(tiny_qwen_dir, tmp_path):  # noqa: F811
+    policy = _trained_like(make_policy(tiny_qwen_dir, state_dim=3))
+    policy.set_normalization(
+        state_mean=torch.tensor([1.0, 2.0, -5.0]), state_std=torch.tensor([4.0, 4.0, 3.0])
+    )
+    save_checkpoint(policy, tmp_path / "ckpt")
+    info = read_checkpoint_info(tmp_path / "ckpt")
+    assert info["normalization"]["state_mean"] == [1.0, 2.0, -5.0]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.state_dim == 3 and torch.equal(loaded.state_std, policy.state_std)
+    feats, window, state = vl_feats(1), sensor(1), torch.tensor([[0.5, -1.0, -6.0]])
+    assert torch.equal(
+        policy.predict_actions(feats, window, 0.3, robot_state=state),
+        loaded.predict_actions(feats, window, 0.3, robot_state=state),
+    )

@@ -334,3 +334,61 @@ def test_extract_vl_features_api(tiny_qwen_dir):  # noqa: F811
     assert policy.predict_actions(feats, sensor(1)[0], 0.0).shape == (8, 7)
     with pytest.raises(RuntimeError, match="not loaded"):
         make_policy(tiny_qwen_dir).extract_vl_features(views(0), "insert")
+
+
+# ------------------------------------------------------------------------------ robot-state input
+def test_robot_state_is_an_input_of_a_state_policy(tiny_qwen_dir):  # noqa: F811
+    policy = make_policy(tiny_qwen_dir, state_dim=3)
+    feats, window = vl_feats(2), sensor(2)
+    pose = np.array([1.0, -2.0, -4.0, 0.0, 0.0, 0.0, 1.0], np.float32)
+    full = policy.predict_actions(feats, window, 0.2, robot_state=pose)
+    position_only = policy.predict_actions(feats, window, 0.2, robot_state=pose[:3])
+    assert torch.equal(full, position_only)  # trailing pose values are not used by state_dim 3
+    deeper = pose.copy()
+    deeper[2] = -7.0
+    assert not torch.allclose(policy.predict_actions(feats, window, 0.2, robot_state=deeper), full)
+    batched = policy.predict_actions(feats, window, 0.2, robot_state=np.stack([pose, deeper]))
+    assert torch.allclose(batched[0], full[0], atol=1e-6)
+    assert not torch.allclose(batched[1], full[1])
+    with pytest.raises(ValueError, match="needs robot_state"):
+        policy.predict_actions(feats, window, 0.2)
+    with pytest.raises(ValueError, match="non-finite"):
+        policy.predict_actions(feats, window, 0.2, robot_state=np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="robot_state must be"):
+        policy.predict_actions(feats, window, 0.2, robot_state=np.zeros(2))
+
+
+def test_state_normalisation_and_state_free_policies(tiny_qwen_dir):  # noqa: F811
+    policy = make_policy(tiny_qwen_dir, state_dim=3)
+    feats, window = vl_feats(1), sensor(1)
+    before = policy.predict_actions(feats, window, 0.0, robot_state=np.array([2.0, 2.0, 2.0]))
+    # Whole-pose statistics (7 values) keep the first state_dim; centring on the pose makes it all-zero.
+    policy.set_normalization(state_mean=np.array([2.0, 2.0, 2.0, 9, 9, 9, 9]), state_std=np.full(7, 3.0))
+    assert torch.equal(policy.state_mean, torch.full((3,), 2.0))
+    centred = policy.predict_actions(feats, window, 0.0, robot_state=np.array([2.0, 2.0, 2.0]))
+    policy.set_normalization(state_mean=np.zeros(3), state_std=np.ones(3))
+    assert torch.allclose(centred, policy.predict_actions(feats, window, 0.0, robot_state=np.zeros(3)))
+    assert not torch.allclose(centred, before)
+    free = make_policy(tiny_qwen_dir)  # state_dim 0: no extra keys, a given state is not used
+    assert free.state_dim == 0 and "state_mean" not in free.state_dict()
+    free.set_normalization(state_mean=np.ones(7), state_std=np.ones(7))
+    assert torch.equal(
+        free.predict_actions(feats, window, 0.0),
+        free.predict_actions(feats, window, 0.0, robot_state=np.ones(7)),
+    )
+
+
+def test_state_policy_trains_from_batches_with_robot_state(tiny_qwen_dir):  # noqa: F811
+    policy = make_policy(tiny_qwen_dir, state_dim=3)
+    batch = {
+        "vl_features": vl_feats(4),
+        "sensor_window": sensor(4),
+        "vl_age_s": torch.zeros(4),
+        "target_actions": torch.randn(4, 8, 7),
+        "robot_state": torch.randn(4, 7),
+    }
+    out = policy(batch)
+    out.loss.backward()
+    assert policy.action_expert.state_embed[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs robot_state"):
+        policy({k: v for k, v in batch.items() if k != "robot_state"})

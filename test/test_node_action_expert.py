@@ -45,6 +45,10 @@ class SimDriver:
         reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         self.sensor_pub = node.create_publisher(SensorSamples, "/needle_sensor/samples", reliable)
         self.features_pub = node.create_publisher(VLFeatures, "/vla/vl_features", LATCHED_QOS)
+        from geometry_msgs.msg import PoseStamped
+
+        self.pose_pub = node.create_publisher(PoseStamped, "/robot/pose", 50)
+        self.pose_on = True
         self.chunks, self.twists, self.trajectories, self.diagnostics = [], [], [], []
         node.create_subscription(ActionChunk, "/vla/action_chunk", self.chunks.append, reliable)
         node.create_subscription(TwistStamped, "/vla/servo_twist", self.twists.append, reliable)
@@ -101,6 +105,13 @@ class SimDriver:
                     self.sensor_pub.publish(
                         sensor_samples_to_msg(data, first_stamp_ns=stamp, sample_rate_hz=RATE)
                     )
+            if self.pose_on:  # the tiny checkpoint takes the measured tip position as an input
+                from geometry_msgs.msg import PoseStamped
+
+                pose = PoseStamped()
+                pose.header.stamp = ns_to_stamp(self.now_ns)
+                pose.pose.position.z, pose.pose.orientation.w = 0.004, 1.0
+                self.pose_pub.publish(pose)
             self.clock_pub.publish(Clock(clock=ns_to_stamp(self.now_ns)))
             self.node.test_executor.spin_once(timeout_sec=0.03)  # sim slower than real time: node slack
         for proc in processes:
@@ -218,6 +229,14 @@ def test_chunks_ages_holds_and_recovery_under_sim_time(ros_context, tiny_checkpo
         driver.sensor_on = False
         assert run_until(driver, lambda: reason_codes(driver.chunks)[-1] == "sensor_stale", 3.0, proc)
         driver.sensor_on = True
+        driver.publish_features()
+        assert run_until(driver, lambda: driver.chunks[-1].status == 0, 3.0, proc)
+
+        # 7. robot pose stops -> HOLD robot_state_stale; pose back -> OK
+        assert info["model_config"]["action_expert"]["state_dim"] == 3
+        driver.pose_on = False
+        assert run_until(driver, lambda: reason_codes(driver.chunks)[-1] == "robot_state_stale", 3.0, proc)
+        driver.pose_on = True
         driver.publish_features()
         assert run_until(driver, lambda: driver.chunks[-1].status == 0, 3.0, proc)
 

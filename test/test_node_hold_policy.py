@@ -56,3 +56,29 @@ def test_tracker_reports_only_changes():
     assert tracker.update(stale) is True
     assert tracker.update(judge(14 * S, GOOD)) is False  # same code, different details
     assert tracker.update(judge(11 * S, GOOD)) is True
+
+
+def test_robot_state_missing_stale_and_nonfinite_hold():
+    from insertion_vla_ros.robot_state import RobotStateBuffer
+
+    buffer = RobotStateBuffer()
+    state, problem = buffer.state_at(11 * S, S // 10)
+    assert state is None and problem.startswith("robot_state_missing")
+    pose = np.array([1.0, 2.0, -3.0, 0.0, 0.0, 0.0, 1.0])
+    buffer.add(11 * S - S // 20, pose)
+    buffer.add(11 * S + S // 100, pose + 5.0)  # after the tick: never used for it
+    state, problem = buffer.state_at(11 * S, S // 10)
+    assert problem == "" and np.array_equal(state, pose.astype(np.float32))
+    state, problem = buffer.state_at(11 * S + S // 5, S // 10)  # newest pose is now 0.19 s old
+    assert state is None and problem.startswith("robot_state_stale: newest pose 0.190 s old")
+    try:
+        buffer.add(12 * S, np.full(7, np.nan))
+    except ValueError as error:
+        assert str(error).startswith("robot_state_nonfinite")
+    else:
+        raise AssertionError("a NaN pose was accepted")
+    assert buffer.rejected == 1
+    decision = check_inputs(
+        11 * S, GOOD, expected_fingerprint="fp-a", max_age_ns=2 * S, state_problem=problem
+    )
+    assert decision.status == ChunkStatus.HOLD and decision.code == "robot_state_stale"

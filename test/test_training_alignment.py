@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.pose_math import pose_delta
-from training.alignment import NS_PER_S, interpolate_poses, target_chunk
+from training.alignment import NS_PER_S, interpolate_poses, pose_at_or_before, target_chunk
 from training.dataset import AlignmentConfig, GroupDataset, TickDataset, open_episodes, split_episodes
 from training.fixtures import _AXIS, make_synthetic_episode, synthetic_pose
 from training.sampler import BatchPlan, sample_k
@@ -143,3 +143,16 @@ def test_split_is_by_episode(tmp_path):
     train, val = split_episodes(paths, 0.2, seed=0)
     assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == sorted(paths)
     assert split_episodes(paths, 0.2, seed=0) == (train, val)
+
+
+def test_robot_state_is_the_newest_pose_at_or_before_the_tick(episode):
+    for tick in (0, 5, episode.num_ticks - 1):
+        sample = episode.sample(tick, 0)
+        tick_ns = sample["tick_ns"]
+        before = episode.pose_stamps_ns <= tick_ns
+        newest = int(np.flatnonzero(before)[-1])
+        np.testing.assert_array_equal(sample["robot_state"], episode.pose[newest].astype(np.float32))
+        # Never a pose after the tick: shifting the tick 1 ns before that pose's stamp changes the answer.
+        if episode.pose_stamps_ns[newest] == tick_ns and newest > 0:
+            earlier = pose_at_or_before(episode.pose_stamps_ns, episode.pose, tick_ns - 1)
+            np.testing.assert_array_equal(earlier, episode.pose[newest - 1].astype(np.float32))

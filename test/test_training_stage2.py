@@ -102,8 +102,8 @@ def test_final_checkpoint_with_lora_loads_in_the_nodes_unchanged(trained):
     features = vlm_side.extract_vl_features(images, episode.instruction)
     torch.testing.assert_close(features, trained_policy.extract_vl_features(images, episode.instruction))
     window = torch.from_numpy(np.ascontiguousarray(sample["sensor_window"]))
-    age = float(sample["vl_age_s"])
+    age, state = float(sample["vl_age_s"]), sample["robot_state"]
     torch.testing.assert_close(
-        expert_side.predict_actions(features, window, age),
-        trained_policy.predict_actions(features, window, age),
+        expert_side.predict_actions(features, window, age, robot_state=state),
+        trained_policy.predict_actions(features, window, age, robot_state=state),
     )

@@ -4,6 +4,7 @@ For a control tick ``t`` and a feature time ``t0 = t - k * dt``:
 
 - images: per camera, the newest frame whose capture stamp is ``<= t0``;
 - sensor window: the ``W`` newest samples whose stamp is ``<= t`` (never a sample after the tick);
+- robot state: the newest recorded pose at or before ``t`` (what the robot actually did);
 - target chunk: ``H`` per-step deltas ``pose(t + j*dt) -> pose(t + (j+1)*dt)`` from
   :func:`models.pose_math.pose_delta`, with poses interpolated at those times (linear position and
   gripper, constant-angular-velocity rotation: ``R(a) = exp(a * log(R1 R0^T)) R0``, which is slerp).
@@ -59,6 +60,15 @@ def target_chunk(
     actions = pose_delta(path[:-1], path[1:]).astype(np.float32)
     mask = times[1:] <= int(np.asarray(stamps_ns)[-1])
     return actions, mask
+
+
+def pose_at_or_before(stamps_ns: np.ndarray, poses: np.ndarray, time_ns: int) -> np.ndarray:
+    """The newest recorded pose with stamp ``<= time_ns``: the robot state a controller had then.
+
+    The first pose when every stamp is later.
+    """
+    index = max(frame_at_or_before(stamps_ns, time_ns), 0)
+    return np.asarray(poses[index], dtype=np.float32)
 
 
 def sensor_window_slice(stamps_ns: np.ndarray, tick_ns: int, window: int) -> slice | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.pose_math import quaternion_to_rotvec
+from models.pose_math import pose_from_ros
 from sim import topics as sim_topics
 from training.conversion_report import ConversionReport, EpisodeReport
 from training.episode import encode_jpeg
@@ -229,15 +229,9 @@ def _add_sensor(msg, log_time: int, streams: _Streams) -> None:
 
 
 def _add_pose(msg, log_time: int, streams: _Streams, gripper: float) -> None:
-    p, q = msg.pose.position, msg.pose.orientation
-    quaternion = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    try:
-        rotvec = quaternion_to_rotvec(quaternion)
-    except ValueError:  # zero quaternion: keep the row as non-finite so cleaning drops and reports it
-        rotvec = np.full(3, np.nan)
-    position_mm = np.array([p.x, p.y, p.z], dtype=np.float64) * 1000.0
     streams.pose_stamps.append(_stamp_ns(msg.header, log_time, streams.zero_stamps, "pose"))
-    streams.poses.append(np.concatenate([position_mm, rotvec, [gripper]]))
+    # A zero quaternion comes back non-finite, so cleaning drops and reports the row.
+    streams.poses.append(pose_from_ros(msg.pose, gripper))
 
 
 def convert_bags(

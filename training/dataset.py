@@ -20,6 +20,7 @@ from training.alignment import (
     NS_PER_S,
     EpisodeTimeline,
     frame_at_or_before,
+    pose_at_or_before,
     sensor_window_slice,
     target_chunk,
 )
@@ -132,6 +133,7 @@ class EpisodeData:
             "vl_age_s": np.float32((tick_ns - ref.newest_stamp_ns) / NS_PER_S),
             "target_actions": actions,
             "action_mask": mask,
+            "robot_state": pose_at_or_before(self.pose_stamps_ns, self.pose, tick_ns),
             "tick_ns": tick_ns,
             "k": k,
             "ref": ref,
@@ -225,6 +227,7 @@ def _stack(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "vl_age_s": np.asarray([s["vl_age_s"] for s in samples], dtype=np.float32),
         "target_actions": np.stack([s["target_actions"] for s in samples]),
         "action_mask": np.stack([s["action_mask"] for s in samples]),
+        "robot_state": np.stack([s["robot_state"] for s in samples]),
         "tick_ns": np.asarray([s["tick_ns"] for s in samples], dtype=np.int64),
         "k": np.asarray([s["k"] for s in samples], dtype=np.int64),
     }
@@ -238,6 +241,7 @@ def collate_ticks(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "vl_age_s": torch.from_numpy(stacked["vl_age_s"]),
         "target_actions": torch.from_numpy(stacked["target_actions"]),
         "action_mask": torch.from_numpy(stacked["action_mask"]),
+        "robot_state": torch.from_numpy(stacked["robot_state"]),
         "refs": [s["ref"] for s in samples],
     }
     if "images" in samples[0]:
@@ -252,6 +256,7 @@ def collate_groups(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "vl_age_s": torch.from_numpy(np.concatenate([g["vl_age_s"] for g in groups])),
         "target_actions": torch.from_numpy(np.concatenate([g["target_actions"] for g in groups])),
         "action_mask": torch.from_numpy(np.concatenate([g["action_mask"] for g in groups])),
+        "robot_state": torch.from_numpy(np.concatenate([g["robot_state"] for g in groups])),
         "images": [g["images"] for g in groups],
         "instructions": [g["instruction"] for g in groups],
         "group_size": int(groups[0]["sensor_window"].shape[0]),

@@ -1,4 +1,4 @@
-"""Normalisation statistics from the training episodes (sensor per channel, actions per dimension)."""
+"""Normalisation statistics from training episodes: sensor per channel, actions and state per dimension."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.alignment import target_chunk
+from training.alignment import pose_at_or_before, target_chunk
 from training.dataset import EpisodeData
 
 
@@ -38,7 +38,9 @@ def compute_normalization(
     max_ticks: int = 20_000,
     chunk: int = 8192,
 ) -> dict[str, np.ndarray]:
-    """``sensor_mean/std`` ``[C]`` over sensor samples, ``action_mean/std`` ``[D]`` over valid target steps.
+    """Mean/std of sensor samples ``[C]``, valid target steps ``[D]`` and robot poses at the ticks ``[7]``.
+
+    Keys: ``sensor_mean/std``, ``action_mean/std``, ``state_mean/std``.
 
     Large datasets are subsampled with a fixed stride (deterministic). Zero-variance dimensions (e.g. a
     constant gripper) get std 1 so normalisation leaves them unscaled.
@@ -52,22 +54,26 @@ def compute_normalization(
     total_ticks = sum(ep.num_ticks for ep in episodes)
     tick_stride = max(1, total_ticks // max_ticks)
     actions = None
+    states = _Moments(episodes[0].pose.shape[1])
     for ep in episodes:
         cfg = ep.config
         for tick in range(0, ep.num_ticks, tick_stride):
-            chunk_actions, mask = target_chunk(
-                ep.pose_stamps_ns, ep.pose, ep.timeline.tick_ns(tick), cfg.horizon, cfg.dt_ns
-            )
+            tick_ns = ep.timeline.tick_ns(tick)
+            chunk_actions, mask = target_chunk(ep.pose_stamps_ns, ep.pose, tick_ns, cfg.horizon, cfg.dt_ns)
             if actions is None:
                 actions = _Moments(chunk_actions.shape[1])
             actions.add(chunk_actions[mask])
+            states.add(pose_at_or_before(ep.pose_stamps_ns, ep.pose, tick_ns)[None])
     if actions is None:
         raise ValueError("the training episodes have no ticks")
     sensor_mean, sensor_std = sensor.result()
     action_mean, action_std = actions.result()
+    state_mean, state_std = states.result()
     return {
         "sensor_mean": sensor_mean,
         "sensor_std": np.where(sensor_std > 1e-6, sensor_std, 1.0).astype(np.float32),
         "action_mean": action_mean,
         "action_std": np.where(action_std > 1e-6, action_std, 1.0).astype(np.float32),
+        "state_mean": state_mean,
+        "state_std": np.where(state_std > 1e-6, state_std, 1.0).astype(np.float32),
     }

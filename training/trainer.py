@@ -310,7 +310,9 @@ class Trainer:
                     vl = vl.repeat_interleave(batch["group_size"], dim=0)
                     vl_mask = vl_mask.repeat_interleave(batch["group_size"], dim=0)
                 with self._autocast():
-                    pred = policy.predict_actions(vl, batch["sensor_window"], batch["vl_age_s"], vl_mask)
+                    pred = policy.predict_actions(
+                        vl, batch["sensor_window"], batch["vl_age_s"], vl_mask, batch["robot_state"]
+                    )
                 err = (pred.float() - batch["target_actions"]).abs() * mask[..., None]
                 abs_sum += err.sum(dim=(0, 1)).double().cpu()
         policy.train(was_training)
