@@ -3,9 +3,10 @@
 For N seeded episodes it renders the five views at the start pose, extracts the VL features of a model
 config and fits, on 80 % of the episodes, (a) a ridge regression from the flattened features to the
 lateral offset target - tip, and (b) the same from hand-made features: the pixel centroid of the
-instructed colour in every view (an optimistic bound on what the images allow at this resolution). It
-prints one JSON object with the median held-out errors (mm) beside the error of always predicting the
-mean offset.
+instructed colour in every view, and (c) a cubic in the tool view's centroid (pixels nearer the needle's
+colour than the target's dropped, so the needle does not pass for the White target) and the tip height,
+a bound on what the images allow at this resolution. It prints one JSON object with the median held-out
+errors (mm) beside the error of always predicting the mean offset.
 
     scripts/in-env python scripts/vision_probe.py [--config tiny] [--episodes 600] [--image-size 112]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -24,18 +26,42 @@ from models.config import load_model_config
 from models.fast_path import load_extractor
 from sim.config import TARGET_COLOURS, RigConfig
 from sim.demos import episode_seed
+from sim.render import NEEDLE_RGB
 from sim.rig import InsertionRig
 from sim.scene import TARGET_RGB
 
 
-def colour_centroids(views: list[np.ndarray], rgb: tuple[int, int, int], radius: float = 70.0) -> np.ndarray:
-    """Per view: (u, v, visible) of the pixels within ``radius`` of ``rgb``; (0, 0, 0) when none."""
+def colour_centroids(
+    views: list[np.ndarray],
+    rgb: tuple[int, int, int],
+    radius: float = 70.0,
+    exclude_rgb: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per view: (u, v, visible) of the pixels within ``radius`` of ``rgb``; (0, 0, 0) when none.
+
+    With ``exclude_rgb``, pixels closer to that colour than to ``rgb`` are left out.
+    """
     out = []
     for image in views:
-        mask = np.linalg.norm(image.astype(np.float32) - np.asarray(rgb, np.float32), axis=-1) < radius
+        pixels = image.astype(np.float32)
+        distance = np.linalg.norm(pixels - np.asarray(rgb, np.float32), axis=-1)
+        mask = distance < radius
+        if exclude_rgb is not None:
+            mask &= distance < np.linalg.norm(pixels - np.asarray(exclude_rgb, np.float32), axis=-1)
         v, u = np.nonzero(mask)
         out.extend([u.mean(), v.mean(), 1.0] if u.size else [0.0, 0.0, 0.0])
     return np.asarray(out)
+
+
+def cubic_terms(centroid: np.ndarray, height_mm: float) -> np.ndarray:
+    """Monomials up to degree 3 of (u, v, tip height), times the visibility flag, plus the flag."""
+    u, v, visible = centroid
+    base = (u, v, height_mm)
+    terms = [visible]
+    for degree in (1, 2, 3):
+        for combo in itertools.combinations_with_replacement(range(3), degree):
+            terms.append(visible * float(np.prod([base[i] for i in combo])))
+    return np.asarray(terms)
 
 
 def ridge_error(x: np.ndarray, y: np.ndarray, train: int, lam: float) -> float:
@@ -61,7 +87,8 @@ def main() -> int:
     vlm_cfg = dataclasses.replace(vlm_cfg, image_width=size, image_height=size, max_pixels=size * size)
     extractor = load_extractor(vlm_cfg)
     rig = InsertionRig(RigConfig().with_image_size(size, size), seed=args.seed)
-    features, centroids, offsets = [], [], []
+    features, centroids, tool_terms, offsets = [], [], [], []
+    tool_view = rig.camera_names.index("view5")
     for index in tqdm(range(args.episodes), desc="first frames", mininterval=5):
         target = TARGET_COLOURS[index % len(TARGET_COLOURS)]
         obs = rig.reset(target, seed=episode_seed(args.seed, index))
@@ -70,6 +97,8 @@ def main() -> int:
             vl, _ = extractor.extract(views, obs.instruction)
         features.append(vl.float().numpy().reshape(-1))
         centroids.append(colour_centroids(views, TARGET_RGB[target]))
+        tool = colour_centroids([views[tool_view]], TARGET_RGB[target], exclude_rgb=NEEDLE_RGB)
+        tool_terms.append(cubic_terms(tool, float(obs.pose[2])))
         offsets.append(rig.scene.target_xy_mm - obs.pose[0:2])
     y = np.asarray(offsets)
     train = int(0.8 * len(y))
@@ -84,6 +113,9 @@ def main() -> int:
         "vl_features_ridge_error_mm": min(ridge_error(np.asarray(features), y, train, lam) for lam in lams),
         "colour_centroid_ridge_error_mm": min(
             ridge_error(np.asarray(centroids), y, train, lam) for lam in (1e-3, 1e-1, 1.0)
+        ),
+        "tool_view_centroid_cubic_error_mm": min(
+            ridge_error(np.asarray(tool_terms), y, train, lam) for lam in (1e-4, 1e-3, 1e-2, 1e-1)
         ),
     }
     print(json.dumps(report, indent=2))

@@ -22,7 +22,8 @@ from sim.topics import CAMERA_NAMES
 _PHANTOM_RGB = np.array([205.0, 158.0, 148.0])
 _FLOOR_RGB = np.array([92.0, 94.0, 100.0])
 _BACKGROUND_RGB = np.array([38.0, 42.0, 52.0])
-_NEEDLE_RGB = np.array([200.0, 205.0, 212.0])
+NEEDLE_RGB = np.array([200.0, 205.0, 212.0])
+"""Colour of the needle shaft in every view (probes tell it apart from the White target with it)."""
 _HOLDER_RGB = np.array([55.0, 58.0, 66.0])
 _NEAR_MM = 5.0
 _NEEDLE_RADIUS_MM = 0.45
@@ -269,7 +270,7 @@ class CameraRig:
             shadow = [p - light * (p[2] / light[2]) for p in (_above_surface(tip, top), top)]
             segments.append((shadow[0], shadow[1], _NEEDLE_RADIUS_MM * 1.5, None, 0.35))
         if top[2] > 0:
-            segments.append((_above_surface(tip, top), top, _NEEDLE_RADIUS_MM, _NEEDLE_RGB, 1.0))
+            segments.append((_above_surface(tip, top), top, _NEEDLE_RADIUS_MM, NEEDLE_RGB, 1.0))
         segments.append((top, holder_top, _HOLDER_RADIUS_MM, _HOLDER_RGB, 1.0))
         return segments
 
