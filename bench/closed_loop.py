@@ -2,8 +2,10 @@
 
 Deterministic and in-process (``insertion_vla_ros.closed_loop_sim``: sim rig + policy on a simulated
 clock, VLM latency modelled). Policies are the demo's Stage 1 tiny policies trained with staleness (reuse)
-and without (fresh features only), built and cached under ``--work`` (default ``demo_output``).
-``--quick`` uses fewer episodes. Success is a fraction 0..1; chunk rates are OK chunks per sim second.
+and without (fresh features only), built and cached under ``--work`` (default ``demo_output``). Zero
+latency runs with both: ``zero_latency`` (the reuse-trained policy) and ``zero_latency_noreuse`` (the
+fresh-feature policy, in the condition it was trained for). ``--quick`` uses fewer episodes. Success is a
+fraction 0..1; chunk rates are OK chunks per sim second.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def main() -> None:
             True,
             LoopConfig(mode="async", vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=max_s),
         ),
+        # The fresh-feature policy with fresh features every tick: the condition it was trained for.
+        "zero_latency_noreuse": (
+            False,
+            LoopConfig(mode="async", vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=max_s),
+        ),
         "sync": (True, LoopConfig(mode="sync", vlm_latency_s=1.5, vlm_period_s=1.5, max_episode_s=max_s)),
         "sync_lat_0p3": (
             True,
@@ -83,7 +90,8 @@ def main() -> None:
     oracle = {
         name: (reuse, dataclasses.replace(cfg, lateral_oracle=True))
         for name, (reuse, cfg) in configs.items()
-        if name in ("zero_latency", "sync", "async_reuse_age_1p7", "async_noreuse_age_1p7")
+        if name
+        in ("zero_latency", "zero_latency_noreuse", "sync", "async_reuse_age_1p7", "async_noreuse_age_1p7")
     }
     configs |= {f"oracle_lateral_{name}": value for name, value in oracle.items()}
     results: dict[str, list[dict]] = {}
@@ -103,6 +111,7 @@ def main() -> None:
     metrics = {
         "expert_success": mean("expert", "success"),
         "zero_latency_success": mean("zero_latency", "success"),
+        "zero_latency_noreuse_success": mean("zero_latency_noreuse", "success"),
         "sync_success": mean("sync", "success"),
         "sync_chunks_per_s": mean("sync", "chunks_ok_steady_per_s"),
         "sync_chunks_per_s_whole_episode": mean("sync", "chunks_ok_per_s"),
@@ -115,6 +124,7 @@ def main() -> None:
         "async_chunks_per_s_whole_episode": mean("async_reuse_age_1p7", "chunks_ok_per_s"),
         "async_first_chunk_s": mean("async_reuse_age_1p7", "first_ok_chunk_s"),
         "oracle_lateral_zero_latency_success": mean("oracle_lateral_zero_latency", "success"),
+        "oracle_lateral_zero_latency_noreuse_success": mean("oracle_lateral_zero_latency_noreuse", "success"),
         "oracle_lateral_sync_success": mean("oracle_lateral_sync", "success"),
         "oracle_lateral_async_reuse_success_age_1p7": mean("oracle_lateral_async_reuse_age_1p7", "success"),
         "oracle_lateral_async_noreuse_success_age_1p7": mean(
