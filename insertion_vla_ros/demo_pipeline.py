@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+TRAINING_RECIPE_VERSION = 2
+"""Part of the cached policy's key: bump it when the training code changes what a run produces (2: constant
+action dimensions keep their constant, ``training.normalization.CONSTANT_ACTION_STD``)."""
+
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -90,7 +94,8 @@ def ensure_policy(
     from training.trainer import train as run_training
 
     # The model config is part of the key: editing config/models/tiny.yaml must retrain, not reuse.
-    out = Path(work) / "train" / f"stage1-{_tag(data, train, load_model_config('tiny').to_dict())}"
+    key = _tag(data, train, load_model_config("tiny").to_dict(), TRAINING_RECIPE_VERSION)
+    out = Path(work) / "train" / f"stage1-{key}"
     final = out / "final"
     if (final / "config.json").is_file():
         return final

@@ -16,7 +16,7 @@ from models.pose_math import ACTION_NAMES
 from training.config import TrainConfig
 from training.dataset import AlignmentConfig, open_episodes
 from training.fixtures import make_synthetic_dataset
-from training.normalization import compute_normalization
+from training.normalization import CONSTANT_ACTION_STD, compute_normalization
 from training.trainer import train
 
 VAL = ["episode_003", "episode_008"]
@@ -73,6 +73,17 @@ def test_stage1_reduces_validation_loss_and_checkpoint_loads_unchanged(root):
         sorted(p for p in (root / "data").iterdir() if p.name not in VAL), AlignmentConfig()
     )
     stats = compute_normalization(train_eps)
+    # The gripper never moves in these episodes: its action keeps the constant instead of passing the
+    # network's residual output through at unit scale.
+    assert stats["action_std"][6] == pytest.approx(CONSTANT_ACTION_STD) and stats["action_std"][0] > 0.01
+    sensor_cfg = policy.config.sensor
+    chunk = policy.predict_actions(
+        torch.randn(4, policy.vl_hidden_size),
+        torch.randn(sensor_cfg.window, sensor_cfg.channels),
+        0.2,
+        robot_state=torch.randn(7),
+    )
+    assert torch.all((chunk[:, 6] - float(stats["action_mean"][6])).abs() < 1e-4)
     np.testing.assert_allclose(policy.action_mean.numpy(), stats["action_mean"], rtol=1e-6)
     np.testing.assert_allclose(policy.sensor_encoder.std.numpy(), stats["sensor_std"], rtol=1e-6)
     # The cache served features for the fingerprint the checkpoint carries (so nodes match the training).

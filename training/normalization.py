@@ -9,6 +9,9 @@ import numpy as np
 from training.alignment import pose_at_or_before, target_chunk
 from training.dataset import EpisodeData
 
+CONSTANT_ACTION_STD = 1e-6
+"""Scale of an action dimension that never varies in the training data (the smallest std a policy takes)."""
+
 
 class _Moments:
     """Streaming mean/std in float64."""
@@ -42,8 +45,11 @@ def compute_normalization(
 
     Keys: ``sensor_mean/std``, ``action_mean/std``, ``state_mean/std``.
 
-    Large datasets are subsampled with a fixed stride (deterministic). Zero-variance dimensions (e.g. a
-    constant gripper) get std 1 so normalisation leaves them unscaled.
+    Large datasets are subsampled with a fixed stride (deterministic). Zero-variance sensor channels and
+    state dimensions get std 1, so normalisation leaves them unscaled. Zero-variance action dimensions
+    (e.g. no rotation in any demonstration) get ``CONSTANT_ACTION_STD`` instead: the policy then reproduces
+    the constant. With std 1 its small residual output (~0.02 in normalised units) came out as 0.02 rad per
+    step, which integrated over an episode until the tool hit its tilt limit.
     """
     total_rows = sum(ep.sensor.shape[0] for ep in episodes)
     row_stride = max(1, total_rows // max_sensor_rows)
@@ -73,7 +79,7 @@ def compute_normalization(
         "sensor_mean": sensor_mean,
         "sensor_std": np.where(sensor_std > 1e-6, sensor_std, 1.0).astype(np.float32),
         "action_mean": action_mean,
-        "action_std": np.where(action_std > 1e-6, action_std, 1.0).astype(np.float32),
+        "action_std": np.where(action_std > 1e-6, action_std, CONSTANT_ACTION_STD).astype(np.float32),
         "state_mean": state_mean,
         "state_std": np.where(state_std > 1e-6, state_std, 1.0).astype(np.float32),
     }
