@@ -315,13 +315,15 @@ class ActionExpertNode(ManagedNode):
         if self.state_dim:
             from geometry_msgs.msg import PoseStamped
 
+            pose_group = MutuallyExclusiveCallbackGroup()  # never queued behind the 650 Hz sensor callback
+
             self._input_subscriptions.append(
                 self.create_subscription(
                     PoseStamped,
                     p["pose_topic"],
                     self._on_pose,
                     input_qos("reliable", 50),
-                    callback_group=sensor_group,
+                    callback_group=pose_group,
                 )
             )
         self._chunk_pub = self.create_lifecycle_publisher(
@@ -684,6 +686,8 @@ class ActionExpertNode(ManagedNode):
                 "bad messages": self.sensor_bad_messages,
             },
         )
+        if self.state_dim:
+            sensor.values["robot poses rejected"] = self.robot_state.rejected
         if self.is_active and stats.samples == 0:
             sensor.merge(Level.ERROR, "no sensor samples received")
         elif stats.dropped_samples or self.sensor_bad_messages:

@@ -277,6 +277,8 @@ def test_chunks_ages_holds_and_recovery_under_sim_time(ros_context, tiny_checkpo
         keys = {kv.key for kv in loop.values}
         assert {"Actual frequency (Hz)", "Target frequency (Hz)", "missed ticks"} <= keys
         assert "action_expert_node: sensor" in statuses and "action_expert_node: safety" in statuses
+        sensor_values = {kv.key: kv.value for kv in statuses["action_expert_node: sensor"].values}
+        assert sensor_values["robot poses rejected"] == "0"  # the state-input checkpoint reports its poses
 
         # 7. deactivate -> exactly one HOLD chunk, then silence while the clock keeps running
         count = len(driver.chunks)
