@@ -144,9 +144,18 @@ def trained_probe_error(
 
 
 def finetuned_errors(
-    extractor, views: list[list[np.ndarray]], instructions: list[str], y: np.ndarray, train: int, steps: int
+    extractor,
+    views: list[list[np.ndarray]],
+    instructions: list[str],
+    y: np.ndarray,
+    train: int,
+    steps: int,
+    tool_view: int,
 ) -> dict[str, float]:
-    """Errors of the fine-tuned VLM + token-pool head and of the tool-view CNN after ``steps`` steps."""
+    """Errors of the fine-tuned VLM + token-pool head and of the tool-view CNN after ``steps`` steps.
+
+    ``tool_view`` is the index of the tool camera within each sample's views.
+    """
     torch.manual_seed(0)
     model = extractor.hf_model
     model.train()
@@ -162,7 +171,9 @@ def finetuned_errors(
         vlm_predict, [*model.parameters(), *head.parameters()], y, train, steps, "fine-tune VLM"
     )
     model.eval()
-    tool = torch.as_tensor(np.stack([group[-1] for group in views])).permute(0, 3, 1, 2).float() / 255.0
+    tool = (
+        torch.as_tensor(np.stack([group[tool_view] for group in views])).permute(0, 3, 1, 2).float() / 255.0
+    )
     colour = torch.tensor([[c in text for c in TARGET_COLOURS] for text in instructions], dtype=torch.float32)
     tool = torch.cat([tool, colour[:, :, None, None].expand(-1, -1, *tool.shape[-2:])], dim=1)
     cnn = tool_view_cnn(tool.shape[-1], tool.shape[1])
@@ -173,7 +184,7 @@ def finetuned_errors(
 
 
 def main() -> int:
-    """Collect first frames, fit both probes, print the JSON."""
+    """Collect first frames, fit the probes, print (and optionally write) the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--episodes", type=int, default=600)
@@ -224,7 +235,9 @@ def main() -> int:
     }
     if args.finetune_steps > 0:
         report["finetune_steps"] = args.finetune_steps
-        report.update(finetuned_errors(extractor, kept_views, instructions, y, train, args.finetune_steps))
+        report.update(
+            finetuned_errors(extractor, kept_views, instructions, y, train, args.finetune_steps, tool_view)
+        )
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
