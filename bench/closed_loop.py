@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250, help="training steps of each policy (cached)")
     parser.add_argument("--demos", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument(
+        "--force-guard", type=float, default=None, help="HOLD at or above this force, N (default: the node's)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -39,6 +42,7 @@ def main() -> None:
         ensure_demonstrations,
         ensure_policy,
     )
+    from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N
     from models.checkpoint import load_checkpoint
     from sim.config import TARGET_COLOURS, RigConfig
     from sim.demos import episode_seed
@@ -94,6 +98,11 @@ def main() -> None:
         in ("zero_latency", "zero_latency_noreuse", "sync", "async_reuse_age_1p7", "async_noreuse_age_1p7")
     }
     configs |= {f"oracle_lateral_{name}": value for name, value in oracle.items()}
+    guard = DEFAULT_FORCE_GUARD_N if args.force_guard is None else args.force_guard
+    configs = {
+        name: (reuse, cfg if cfg.mode == "expert" else dataclasses.replace(cfg, force_guard_n=guard))
+        for name, (reuse, cfg) in configs.items()
+    }
     results: dict[str, list[dict]] = {}
     started = time.perf_counter()
     for name, (reuse, cfg) in configs.items():
@@ -138,12 +147,15 @@ def main() -> None:
         )
         metrics[f"{name}_lateral_error_mm_mean"] = mean(name, "lateral_error_mm")
         metrics[f"{name}_max_force_n_max"] = float(max(r["max_force_n"] for r in results[name]))
+        if name != "expert":
+            metrics[f"{name}_force_guard_holds"] = int(sum(r["force_guard_holds"] for r in results[name]))
     config = {
         "episodes": episodes,
         "seed": args.seed,
         "max_episode_s": max_s,
         "train_steps": args.steps,
         "demos": args.demos,
+        "force_guard_n": guard,
         "checkpoints": {str(k): str(v) for k, v in ckpt.items()},
     }
     if args.out is not None:

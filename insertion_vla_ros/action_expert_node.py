@@ -39,6 +39,7 @@ from insertion_vla_ros.diagnostics import (  # noqa: E402
     diagnostic_array,
     diagnostic_array_type,
 )
+from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N, force_problem  # noqa: E402
 from insertion_vla_ros.hold_policy import (  # noqa: E402
     ChunkStatus,
     Decision,
@@ -120,6 +121,14 @@ PARAMETERS: list[ParamSpec] = [
         "Missing samples a window may span before HOLD.",
         minimum=0,
         maximum=64,
+    ),
+    ParamSpec(
+        "force_guard_n",
+        DEFAULT_FORCE_GUARD_N,
+        "HOLD while the needle force (median of the newest samples, magnitude over the force channels) "
+        "is at or above this, N (0 disables).",
+        minimum=0.0,
+        maximum=1000.0,
     ),
     ParamSpec(
         "pose_topic",
@@ -231,6 +240,7 @@ class ActionExpertNode(ManagedNode):
         self.window_length = int(self.checkpoint_info.get("sensor_window", model_config["sensor"]["window"]))
         self.channels = int(self.checkpoint_info.get("sensor_channels", model_config["sensor"]["channels"]))
         self.sample_rate_hz = float(model_config["sensor"]["sample_rate_hz"])
+        self.force_channels = int(model_config["sensor"].get("force_channels", 1))
         self.horizon = int(self.checkpoint_info.get("horizon", model_config["action_expert"]["horizon"]))
         self.state_dim = int(model_config["action_expert"].get("state_dim", 0))
         self.robot_state = RobotStateBuffer()
@@ -489,6 +499,7 @@ class ActionExpertNode(ManagedNode):
                 max_age_ns=self.vl_max_age_ns,
                 window_problem=window.problem,
                 state_problem=state_problem,
+                force_problem=force_problem(window.samples, p["force_guard_n"], self.force_channels),
             )
             actions = np.zeros((self.horizon, len(self.action_names)), np.float32)
             latency, clipped = 0.0, 0
@@ -722,6 +733,7 @@ class ActionExpertNode(ManagedNode):
                 "chunks clipped": self.safety.chunks_clipped,
                 "step limits": list(self.params["step_limits"]),
                 "rate limits": list(self.params["rate_limits"]),
+                "force guard (N)": self.params["force_guard_n"],
             },
         )
         if self.safety.total_clipped:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from insertion_vla_ros.closed_loop import Chunk, ChunkExecutor, EndRule, control_piece, hold_action
+from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N, force_problem
 from insertion_vla_ros.hold_policy import ChunkStatus, FeatureInfo, check_inputs, check_output
 from insertion_vla_ros.safety import SafetyLimiter
 from insertion_vla_ros.sensor_buffer import SensorRingBuffer
@@ -45,6 +46,8 @@ class LoopConfig:
     """HOLD beyond this feature age (0: the checkpoint's ``action_expert.max_age_s``)."""
     step_limits: tuple[float, ...] = DEFAULT_STEP_LIMITS
     rate_limits: tuple[float, ...] = DEFAULT_RATE_LIMITS
+    force_guard_n: float = DEFAULT_FORCE_GUARD_N
+    """HOLD while the needle force is at or above this, N (0 disables), as the node's ``force_guard_n``."""
     lateral_oracle: bool = False
     """Diagnostic: replace the policy's lateral steps (dx, dy) by the scripted expert's, so the episode
     measures the learned depth control (sensor pathway) alone, with the target found by ground truth."""
@@ -109,6 +112,7 @@ class EpisodeTrace:
 
     chunks_ok: int = 0
     chunks_hold: int = 0
+    force_guard_holds: int = 0
     ok_stamps_ns: list[int] = field(default_factory=list)
     vl_ages_s: list[float] = field(default_factory=list)
     action_wall_s: list[float] = field(default_factory=list)
@@ -214,6 +218,7 @@ class ClosedLoopRunner:
             end_reason=reason,
             chunks_ok=trace.chunks_ok,
             chunks_hold=trace.chunks_hold,
+            force_guard_holds=trace.force_guard_holds,
             chunks_ok_per_s=trace.chunks_ok / max(rig.time_s, 1e-9),
             chunks_ok_steady_per_s=_steady_rate(trace.ok_stamps_ns),
             first_ok_chunk_s=(trace.ok_stamps_ns[0] - rig.start_ns) / NS_PER_S
@@ -259,6 +264,9 @@ class ClosedLoopRunner:
             expected_fingerprint=self.fingerprint,
             max_age_ns=self.max_age_ns,
             window_problem=window.problem,
+            force_problem=force_problem(
+                window.samples, self.config.force_guard_n, self.policy.config.sensor.force_channels
+            ),
         )
         horizon = self.policy.config.action_expert.horizon
         actions = np.zeros((horizon, 7), np.float32)
@@ -279,6 +287,7 @@ class ClosedLoopRunner:
         if not decision.ok:
             safety.reset()
             trace.chunks_hold += 1
+            trace.force_guard_holds += decision.code == "force_over_limit"
         else:
             trace.chunks_ok += 1
         status = int(decision.status) if decision.status != ChunkStatus.OK else 0

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N, force_problem
+
 NS_PER_S = 1_000_000_000
 
 
@@ -106,8 +108,12 @@ def evaluate_bag(
     vlm_period_s: float,
     period_s: float = 0.1,
     instruction: str | None = None,
+    force_guard_n: float = DEFAULT_FORCE_GUARD_N,
 ) -> dict[str, Any]:
-    """Run the policy over ``bag``; return per-tick records and the metrics."""
+    """Run the policy over ``bag``; return per-tick records and the metrics.
+
+    Ticks are judged as the node judges them, force guard included (``force_guard_n``, 0 disables).
+    """
     from insertion_vla_ros.closed_loop_sim import SimulatedVlm
     from insertion_vla_ros.hold_policy import FeatureInfo, check_inputs, check_output
     from insertion_vla_ros.sensor_buffer import SensorRingBuffer
@@ -150,6 +156,7 @@ def evaluate_bag(
             expected_fingerprint=policy.fingerprint,
             max_age_ns=max_age_ns,
             window_problem=win.problem,
+            force_problem=force_problem(win.samples, force_guard_n, cfg.sensor.force_channels),
         )
         record: dict[str, Any] = {
             "t_s": (t - first) / NS_PER_S,
@@ -275,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vlm-period", type=float, default=1.7, help="VLM period, s (default 1.7)")
     p.add_argument("--period", type=float, default=0.1, help="action expert tick period, s (default 0.1)")
     p.add_argument("--instruction", default=None, help="instead of the bag's instruction topic")
+    p.add_argument(
+        "--force-guard",
+        type=float,
+        default=DEFAULT_FORCE_GUARD_N,
+        help=f"HOLD at or above this needle force, N, as the node (default {DEFAULT_FORCE_GUARD_N}, 0: off)",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -282,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     policy = load_checkpoint(args.checkpoint, load_vlm=True).eval()
-    run = evaluate_bag(args.bag, policy, args.vlm_latency, args.vlm_period, args.period, args.instruction)
+    run = evaluate_bag(
+        args.bag, policy, args.vlm_latency, args.vlm_period, args.period, args.instruction, args.force_guard
+    )
     metrics = metrics_of(run)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

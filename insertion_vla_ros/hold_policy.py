@@ -3,8 +3,9 @@
 Every tick is judged from its inputs alone, so the controller recovers as soon as they are good again:
 no features yet -> WAITING; features from another model, from the future, or older than the maximum age,
 a sensor window that is incomplete, stale, gappy or non-finite, or (for a policy with state input) a
-missing or stale robot pose -> HOLD; a non-finite model output ->
-HOLD. WAITING and HOLD chunks carry zero motion. Reasons start with a stable code (``code: details``).
+missing or stale robot pose -> HOLD; a needle force at or above the force guard
+(:mod:`insertion_vla_ros.force_guard`) -> HOLD; a non-finite model output -> HOLD. WAITING and HOLD
+chunks carry zero motion. Reasons start with a stable code (``code: details``).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def check_inputs(
     max_age_ns: int,
     window_problem: str = "",
     state_problem: str = "",
+    force_problem: str = "",
 ) -> Decision:
     """Judge the inputs of one tick.
 
     ``window_problem`` is ``SensorWindow.problem``; ``state_problem`` is the reason from
-    ``RobotStateBuffer.state_at`` for a policy with state input.
+    ``RobotStateBuffer.state_at`` for a policy with state input; ``force_problem`` is
+    :func:`insertion_vla_ros.force_guard.force_problem` of the window.
     """
     if features is None:
         return Decision(ChunkStatus.WAITING, "no_vl_features: no VLFeatures received yet")
@@ -88,6 +91,8 @@ def check_inputs(
         return Decision(ChunkStatus.HOLD, window_problem, age_s)
     if state_problem:
         return Decision(ChunkStatus.HOLD, state_problem, age_s)
+    if force_problem:
+        return Decision(ChunkStatus.HOLD, force_problem, age_s)
     return Decision(ChunkStatus.OK, "", age_s)
 
 

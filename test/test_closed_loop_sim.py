@@ -118,3 +118,37 @@ def test_demonstration_pauses_show_the_tip_at_rest_inside_the_tissue_and_still_s
         )
     assert counts[0.0] == 0
     assert counts[0.3] >= 2
+
+
+class _SidewaysInserter:
+    """The tiny policy's plumbing, but every chunk pushes the needle in and sideways: the guard's adversary.
+
+    Moving sideways inside tissue loads the needle laterally, so the force keeps rising while it does.
+    """
+
+    def __init__(self, policy) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str):
+        return getattr(self._policy, name)
+
+    def predict_actions(self, vl_features, sensor_window, vl_age_s, robot_state=None):
+        import torch
+
+        chunk = torch.zeros(self._policy.config.action_expert.horizon, 7)
+        chunk[:, 0], chunk[:, 2], chunk[:, 6] = 0.3, -0.3, 1.0
+        return chunk
+
+
+def test_force_guard_holds_a_policy_that_would_overload_the_needle(rig, tiny_policy):
+    pushy = _SidewaysInserter(tiny_policy)
+    runs = {}
+    for guard in (0.0, 2.4):
+        config = LoopConfig(vlm_latency_s=0.0, vlm_period_s=1.0, max_episode_s=8.0, force_guard_n=guard)
+        runs[guard] = ClosedLoopRunner(rig, pushy, config).run("Red", 4)
+    unguarded, guarded = runs[0.0], runs[2.4]
+    assert unguarded["max_force_n"] > unguarded["force_limit_n"], unguarded
+    assert unguarded["force_guard_holds"] == 0
+    assert guarded["force_guard_holds"] > 0
+    # one 100 ms tick of motion past the guard's threshold, no more
+    assert 2.4 <= guarded["max_force_n"] < guarded["force_limit_n"], guarded

@@ -40,6 +40,7 @@ class SimDriver:
         self.sample_index = 0
         self.sensor_on = True
         self.sensor_nan = False
+        self.force_n: float | None = None  # None: channel 0 is noise like the rest
         self.feature_sequence = 0
         self.clock_pub = node.create_publisher(Clock, "/clock", 10)
         reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
@@ -101,6 +102,8 @@ class SimDriver:
                     )
                     if self.sensor_nan:
                         data[:, 5] = np.nan
+                    if self.force_n is not None:
+                        data[:, 0] = self.force_n
                     stamp = 1 * S + round(first * S / RATE)
                     self.sensor_pub.publish(
                         sensor_samples_to_msg(data, first_stamp_ns=stamp, sample_rate_hz=RATE)
@@ -240,6 +243,21 @@ def test_chunks_ages_holds_and_recovery_under_sim_time(ros_context, tiny_checkpo
         driver.publish_features()
         assert run_until(driver, lambda: driver.chunks[-1].status == 0, 3.0, proc)
 
+        # 8. needle force at the force guard (default 2.4 N) -> HOLD force_over_limit; force drops -> OK
+        driver.force_n = 2.6
+        driver.publish_features()  # fresh features: the force, not their age, must be the reason
+        assert run_until(driver, lambda: reason_codes(driver.chunks)[-1] == "force_over_limit", 3.0, proc)
+        assert "2.60 N >= guard 2.40 N" in driver.chunks[-1].status_reason
+
+        def force_holds_counted() -> bool:
+            loops = [s for a in driver.diagnostics for s in a.status if s.name.endswith("control loop")]
+            return bool(loops) and "holds: force_over_limit" in {kv.key for kv in loops[-1].values}
+
+        assert run_until(driver, force_holds_counted, 3.0, proc)
+        driver.force_n = 1.0
+        driver.publish_features()
+        assert run_until(driver, lambda: driver.chunks[-1].status == 0, 3.0, proc)
+
         # every HOLD/WAITING chunk commands zero motion; OK chunks are finite
         for chunk in driver.chunks:
             actions = action_chunk_from_msg(chunk)
@@ -279,8 +297,10 @@ def test_chunks_ages_holds_and_recovery_under_sim_time(ros_context, tiny_checkpo
         assert "action_expert_node: sensor" in statuses and "action_expert_node: safety" in statuses
         sensor_values = {kv.key: kv.value for kv in statuses["action_expert_node: sensor"].values}
         assert sensor_values["robot poses rejected"] == "0"  # the state-input checkpoint reports its poses
+        safety_values = {kv.key: kv.value for kv in statuses["action_expert_node: safety"].values}
+        assert float(safety_values["force guard (N)"]) == pytest.approx(2.4)
 
-        # 7. deactivate -> exactly one HOLD chunk, then silence while the clock keeps running
+        # 9. deactivate -> exactly one HOLD chunk, then silence while the clock keeps running
         count = len(driver.chunks)
         assert change_lifecycle_state(node, "action_expert_node", Transition.TRANSITION_DEACTIVATE)
         driver.advance(0.5, [proc])
