@@ -159,11 +159,11 @@ def main() -> None:
         "checkpoints": {str(k): str(v) for k, v in ckpt.items()},
     }
     if args.out is not None:
-        _plot(results, args.out)
+        _plot(results, args.out, guard)
     emit("closed_loop", config, metrics, args.out)
 
 
-def _plot(results: dict[str, list[dict]], out: Path) -> None:
+def _plot(results: dict[str, list[dict]], out: Path, force_guard_n: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +171,7 @@ def _plot(results: dict[str, list[dict]], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     names = list(results)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    fig, (top, bottom, force) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     top.bar(names, [np.mean([r["success"] for r in results[n]]) for n in names])
     top.set_ylabel("success rate")
     top.set_ylim(0, 1)
@@ -182,7 +182,14 @@ def _plot(results: dict[str, list[dict]], out: Path) -> None:
     bottom.bar(x + 0.2, lateral, width=0.4, label="lateral error (mm)")
     bottom.set_ylabel("mean error (mm)")
     bottom.legend(loc="upper right")
-    bottom.set_xticks(x, names, rotation=35, ha="right")
+    limit = max(r["force_limit_n"] for runs in results.values() for r in runs)
+    force.bar(x, [max(r["max_force_n"] for r in results[n]) for n in names], width=0.5, color="tab:red")
+    force.axhline(limit, color="black", linestyle="--", label=f"task limit {limit:.1f} N")
+    if force_guard_n > 0:
+        force.axhline(force_guard_n, color="gray", linestyle=":", label=f"force guard {force_guard_n:.1f} N")
+    force.set_ylabel("max force (N)")
+    force.legend(loc="upper right")
+    force.set_xticks(x, names, rotation=35, ha="right")
     fig.tight_layout()
     fig.savefig(out / "closed_loop_success.png", dpi=90)
     plt.close(fig)

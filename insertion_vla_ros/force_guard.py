@@ -2,9 +2,10 @@
 
 The policy is trained to stay under the task's force limit but nothing makes it; the guard does. It reads
 the force channel of the same causal sensor window the policy sees and takes the median of the newest few
-samples, so one noisy sample neither trips it nor hides a real rise. Holding is the safe action here: with
-the needle at rest the friction and cutting terms vanish and the load cannot grow, and the tick after the
-force drops below the threshold the policy is back in command.
+samples, so one noisy sample neither trips it nor hides a real rise. Holding is the safe action here: at
+rest the motion-driven load (friction, cutting) stops and nothing pushes the force higher, and the tick
+after the force drops below the threshold the policy is back in command. A load that does not relax (the
+tissue deflected sideways) keeps the robot holding until an operator takes over; the guard never moves it.
 """
 
 from __future__ import annotations
