@@ -46,7 +46,12 @@ def test_a_zero_guard_disables_it_and_empty_windows_are_left_to_the_window_check
     assert force_problem(window(np.full(65, 50.0)), 0.0) == ""
     assert force_problem(None, 2.4) == ""
     assert force_problem(np.zeros((0, 4), np.float32), 2.4) == ""
-    assert DEFAULT_FORCE_GUARD_N == pytest.approx(0.8 * 3.0)  # 80 % of the simulated task's limit
+
+
+def test_the_default_guard_sits_below_the_simulated_task_limit():
+    from sim.config import RigConfig
+
+    assert DEFAULT_FORCE_GUARD_N == pytest.approx(0.8 * RigConfig().task.force_limit_n)
 
 
 def test_check_inputs_holds_on_force_but_waiting_and_stale_features_come_first():
