@@ -14,12 +14,12 @@ PACKAGE_NAME = "insertion_vla_ros"
 setup(
     name=PACKAGE_NAME,
     version="0.1.0",
-    packages=find_packages(include=["insertion_vla_ros*", "models*", "training*", "sim*"]),
+    packages=find_packages(include=["insertion_vla_ros*", "models*", "training*", "sim*", "contracts*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),
         (f"share/{PACKAGE_NAME}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE_NAME}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE_NAME}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE_NAME}/config/models", glob("config/models/*.yaml")),
     ],
     python_requires=">=3.10",
@@ -45,15 +45,15 @@ setup(
     entry_points={
         "console_scripts": [
             # ROS 2 nodes and tools (need rclpy + insertion_vla_msgs)
-            "vlm_node = insertion_vla_ros.vlm_node:main",
-            "action_expert_node = insertion_vla_ros.action_expert_node:main",
-            "sim_node = insertion_vla_ros.sim_node:main",
-            "bringup = insertion_vla_ros.bringup:main",
-            "replay = insertion_vla_ros.replay:main",
-            "evaluate = insertion_vla_ros.evaluate:main",
-            "record = insertion_vla_ros.record:main",
-            "demo = insertion_vla_ros.demo:main",
-            "message_roundtrip = insertion_vla_ros.message_roundtrip:main",
+            "vlm_node = insertion_vla_ros.nodes.vlm_node:main",
+            "action_expert_node = insertion_vla_ros.nodes.action_expert_node:main",
+            "sim_node = insertion_vla_ros.nodes.sim_node:main",
+            "bringup = insertion_vla_ros.tools.bringup:main",
+            "replay = insertion_vla_ros.tools.replay:main",
+            "evaluate = insertion_vla_ros.tools.evaluate:main",
+            "record = insertion_vla_ros.tools.record:main",
+            "demo = insertion_vla_ros.tools.demo:main",
+            "message_roundtrip = insertion_vla_ros.testing.message_roundtrip:main",
             # ROS-free tools (training clusters, workstations)
             "profile_vlm = models.profile_vlm:main",
             "insertion_vla_train = training.cli:main",

@@ -1,6 +1,6 @@
 """Closed-loop success over fixed seeded sim episodes: expert, zero latency, sync, async (reuse/no reuse).
 
-Deterministic and in-process (``insertion_vla_ros.closed_loop_sim``: sim rig + policy on a simulated
+Deterministic and in-process (``insertion_vla_ros.tools.sim_loop``: sim rig + policy on a simulated
 clock, VLM latency modelled). Policies are the demo's Stage 1 tiny policies trained with staleness (reuse)
 and without (fresh features only), built and cached under ``--work`` (default ``demo_output``). Zero
 latency runs with both: ``zero_latency`` (the reuse-trained policy) and ``zero_latency_noreuse`` (the
@@ -35,14 +35,14 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from insertion_vla_ros.closed_loop_sim import ClosedLoopRunner, LoopConfig
-    from insertion_vla_ros.demo_pipeline import (
+    from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
+    from insertion_vla_ros.tools.demo_pipeline import (
         DataSettings,
         TrainSettings,
         ensure_demonstrations,
         ensure_policy,
     )
-    from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N
+    from insertion_vla_ros.tools.sim_loop import ClosedLoopRunner, LoopConfig
     from models.checkpoint import load_checkpoint
     from sim.config import TARGET_COLOURS, RigConfig
     from sim.demos import episode_seed

@@ -72,14 +72,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="control_loop_"))
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+        from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
 
         checkpoint = build_tiny_checkpoint(work / "policy")
     common = ["--params-file", str(CONFIG)]
     processes = {
-        "rig": start("insertion_vla_ros.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], work / "rig.log"),
+        "rig": start(
+            "insertion_vla_ros.testing.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], work / "rig.log"
+        ),
         "vlm_node": start(
-            "insertion_vla_ros.vlm_node",
+            "insertion_vla_ros.nodes.vlm_node",
             [
                 *common,
                 *[
@@ -98,7 +100,7 @@ def main() -> None:
             work / "vlm_node.log",
         ),
         "action_expert_node": start(
-            "insertion_vla_ros.action_expert_node",
+            "insertion_vla_ros.nodes.action_expert_node",
             [
                 *common,
                 *[
@@ -116,8 +118,9 @@ def main() -> None:
     import rclpy
     from insertion_vla_msgs.msg import ActionChunk, ControllerStatus, VLFeatures
 
-    from insertion_vla_ros.lifecycle_base import LATCHED_QOS, RELIABLE_QOS
-    from insertion_vla_ros.time_conversions import stamp_to_ns
+    from contracts import topics
+    from insertion_vla_ros.ros_io.qos import LATCHED_QOS, RELIABLE_QOS
+    from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
     rclpy.init()
     node = rclpy.create_node("control_loop_bench")
@@ -126,13 +129,13 @@ def main() -> None:
     features: list = []
     node.create_subscription(
         ActionChunk,
-        "/vla/action_chunk",
+        topics.CHUNK_TOPIC,
         lambda m: chunks.append((time.monotonic(), stamp_to_ns(m.header.stamp), m.status, m.vl_age_s)),
         RELIABLE_QOS,
     )
     node.create_subscription(ControllerStatus, "/action_expert_node/status", statuses.append, 10)
     node.create_subscription(
-        VLFeatures, "/vla/vl_features", lambda m: features.append(m.inference_time_s), LATCHED_QOS
+        VLFeatures, topics.FEATURES_TOPIC, lambda m: features.append(m.inference_time_s), LATCHED_QOS
     )
     try:
         deadline = time.monotonic() + 600

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import base_parser, emit, percentiles_ms, save_histogram  # noqa: E402
 
-from insertion_vla_ros.message_roundtrip import round_trip  # noqa: E402
+from insertion_vla_ros.testing.message_roundtrip import round_trip  # noqa: E402
 
 KINDS = ["vl_features_f32", "vl_features_f16", "action_chunk"]
 

@@ -1,5 +1,9 @@
-"""ROS 2 layer of the asynchronous VLA controller: nodes, message conversion, diagnostics, bringup, replay.
+"""ROS 2 layer of the asynchronous VLA controller, in four rooms and a fixtures folder.
 
-Modules that do not import rclpy (ring buffer, camera sync, staleness and safety policies, conversions of
-plain arrays) test without a ROS graph; the node modules import rclpy and ``insertion_vla_msgs``.
+``nodes/``     the ROS 2 nodes (lifecycle + wiring): vlm_node, action_expert_node, sim_node.
+``runtime/``   ROS-free logic every loop shares: the tick controller, sensor ring buffer, camera sync,
+               robot state, holds, force guard, safety layer, chunk execution, latest-wins worker.
+``ros_io/``    ROS I/O: message and image conversion, QoS, parameters, diagnostics, time stamps.
+``tools/``     bringup, replay, record, evaluate, demo, and the in-process simulated loop.
+``testing/``   fixtures for tests and benchmarks (not product code).
 """

@@ -39,6 +39,7 @@ INFO_KEYS = frozenset(
         "format_version",
         "model_config",
         "fingerprint",
+        "vlm_weights_identity",
         "feature_layout",
         "lora_hash",
         "has_lora",
@@ -109,6 +110,7 @@ def save_checkpoint(policy, directory: str | os.PathLike, extra: dict[str, Any] 
         "format_version": FORMAT_VERSION,
         "model_config": config.to_dict(),
         "fingerprint": policy.fingerprint,
+        "vlm_weights_identity": policy.vlm_weights_identity,
         "feature_layout": policy.feature_layout,
         "lora_hash": policy.lora_hash,
         "has_lora": has_lora,
@@ -239,6 +241,8 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         )
         policy.lora_source_dir = lora_dir
     policy._stored_lora_hash = str(info.get("lora_hash", lora_utils.NO_LORA_HASH))
+    stored_identity = info.get("vlm_weights_identity")
+    policy._vlm_identity = stored_identity  # None (older checkpoints): computed from the weight files
     policy.to(device)
     if load_vlm:
         policy.attach_vlm(device=device, lora_dir=None if lora_dir is None else str(lora_dir))
@@ -247,7 +251,18 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
                 f"{path}: LoRA weights hash {policy.lora_hash} does not match "
                 f"config.json ({policy._stored_lora_hash})"
             )
-    if policy.fingerprint != info["fingerprint"]:
+        if stored_identity is not None and policy.vlm_weights_identity != stored_identity:
+            raise CheckpointError(
+                f"{path}: the VLM weights at {policy.config.vlm.model_name_or_path!r} (identity "
+                f"{policy.vlm_weights_identity}) are not the ones it was trained on ({stored_identity})"
+            )
+    if stored_identity is None:
+        if policy.vlm_weights_identity.startswith("absent:"):
+            raise CheckpointError(
+                f"{path} predates weight-content fingerprints and the VLM weights "
+                f"({policy.config.vlm.model_name_or_path!r}) are not here: re-save it where they are"
+            )
+    elif policy.fingerprint != info["fingerprint"]:
         raise CheckpointError(
             f"{path}: fingerprint {policy.fingerprint} recomputed from the checkpoint does not match "
             f"config.json ({info['fingerprint']}); the file was edited or written by incompatible code"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from contracts.constants import ACTION_PERIOD_S, SENSOR_RATE_HZ
+
 T = TypeVar("T")
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -108,7 +110,7 @@ class SensorEncoderConfig:
     force_channels: int = 1
     patch_len: int = 13
     aline_embed_dim: int = 64
-    sample_rate_hz: float = 650.0
+    sample_rate_hz: float = SENSOR_RATE_HZ
 
     def validate(self) -> None:
         """Raise ``ConfigError`` when the force channels do not leave at least one A-line channel."""
@@ -193,7 +195,7 @@ class PolicyConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     sensor: SensorEncoderConfig = field(default_factory=SensorEncoderConfig)
     action_expert: ActionExpertConfig = field(default_factory=ActionExpertConfig)
-    action_period_s: float = 0.1
+    action_period_s: float = ACTION_PERIOD_S
     vlm_period_s: float = 1.7
     vlm_reuse_count: int = 17
 

@@ -12,9 +12,10 @@ serves the R sensor windows / targets of each group, exactly as a feature is reu
 
 Actions are normalised inside (``action_mean``/``action_std`` buffers, per action dimension), and so is the
 optional robot state (``state_mean``/``state_std``, present when ``action_expert.state_dim > 0``), so inputs
-and outputs are physical units. The ``fingerprint`` identifies the feature function: VLM identity and the
-settings that change its output, the LoRA weights hash (``none`` for no adapter or a no-op one) and the
-feature layout. It does not depend on the sensor encoder or action expert.
+and outputs are physical units. The ``fingerprint`` identifies the feature function: the VLM by the content
+of its weights (:mod:`models.model_identity`: moving them keeps it, other weights at the same path change
+it), the settings that change its output, the LoRA weights hash (``none`` for no adapter or a no-op one)
+and the feature layout. It does not depend on the sensor encoder or action expert.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from contracts.constants import ACTION_NAMES
 from models import lora as lora_utils
 from models.action_expert import ActionExpert
 from models.config import PolicyConfig
-from models.pose_math import ACTION_NAMES
+from models.model_identity import weights_identity
 from models.sensor_encoder import SensorEncoder
 from models.vlm import VLFeatureExtractor, VLFeatureMeta
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
+"""2: the VLM is identified by its weights' content (1 hashed ``model_name_or_path``)."""
 
 
 class PolicyOutput(NamedTuple):
@@ -92,6 +95,7 @@ class AsyncVLAPolicy(nn.Module):
         self._merged_lora_hash: str | None = None
         self.lora_source_dir = None  # adapter folder of a checkpoint loaded without the VLM
         self._vl_cache: tuple | None = None
+        self._vlm_identity: str | None = None
         self.last_vl_meta: VLFeatureMeta | None = None
         self.to(device)
         if load_vlm:
@@ -105,7 +109,7 @@ class AsyncVLAPolicy(nn.Module):
 
     @property
     def action_names(self) -> tuple[str, ...]:
-        """Names of the action dimensions (``models.pose_math.ACTION_NAMES`` for 7-D actions)."""
+        """Names of the action dimensions (``contracts.constants.ACTION_NAMES`` for 7-D actions)."""
         dim = self.config.action_expert.action_dim
         return ACTION_NAMES if dim == len(ACTION_NAMES) else tuple(f"a{i}" for i in range(dim))
 
@@ -155,13 +159,23 @@ class AsyncVLAPolicy(nn.Module):
         return self._stored_lora_hash
 
     @property
+    def vlm_weights_identity(self) -> str:
+        """Content identity of the VLM weights (``models.model_identity``).
+
+        Stored in a checkpoint, or computed once from the weight files (read, not loaded).
+        """
+        if self._vlm_identity is None:
+            self._vlm_identity = weights_identity(self.config.vlm.model_name_or_path)
+        return self._vlm_identity
+
+    @property
     def fingerprint(self) -> str:
         """16-hex identity of the VL feature function (VLM + LoRA + layout); see module docstring."""
         vlm = self.config.vlm
         identity = {
             "version": FINGERPRINT_VERSION,
             "vlm": {
-                "model": vlm.model_name_or_path,
+                "weights": self.vlm_weights_identity,
                 "dtype": vlm.dtype,
                 "min_pixels": vlm.min_pixels,
                 "max_pixels": vlm.max_pixels,
@@ -185,6 +199,7 @@ class AsyncVLAPolicy(nn.Module):
         device = device if device is not None else self.device
         if extractor is None:
             extractor = VLFeatureExtractor.from_pretrained(self.config.vlm, device=device)
+        self._vlm_identity = weights_identity(self.config.vlm.model_name_or_path)
         model = extractor.hf_model
         if lora_dir is not None:
             model = lora_utils.load_lora_adapter(model, lora_dir, trainable=False)

@@ -103,10 +103,6 @@ def euler_to_matrix(angles_rad: np.ndarray, convention: str = "ZYZ") -> np.ndarr
     return result
 
 
-ACTION_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
-"""Names of the 7 action dimensions, in order (mm, mm, mm, rad, rad, rad, unitless)."""
-
-
 def rotvec_to_quaternion(rotvec: np.ndarray) -> np.ndarray:
     """Rotation vectors (..., 3) -> unit quaternions (..., 4) in ROS order ``[x, y, z, w]``."""
     rotvec = np.asarray(rotvec, dtype=np.float64)

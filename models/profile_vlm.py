@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from contracts.constants import ACTION_PERIOD_S, SENSOR_RATE_HZ
+
 DEFAULT_MARGIN = 0.10
 NODE_PARAMS_FILE = "insertion_vla.yaml"
 RESULT_KEYS = (
@@ -71,9 +73,9 @@ class Recommendation:
 
 def recommend(
     p95_ms: float,
-    action_period_s: float = 0.1,
+    action_period_s: float = ACTION_PERIOD_S,
     margin: float = DEFAULT_MARGIN,
-    sensor_rate_hz: float = 650.0,
+    sensor_rate_hz: float = SENSOR_RATE_HZ,
 ) -> Recommendation:
     """Apply the rule: period = ceil(p95 x (1 + margin) / action period) action periods (at least one).
 

@@ -1,8 +1,9 @@
 """Open-loop check of a policy on recorded episodes: predicted first step vs the target, tick by tick.
 
 Diagnoses closed-loop failures: when the open-loop predictions on (training) episodes are already wrong,
-the model has not learned the behaviour; when they are right, look at the closed loop instead.
-    scripts/in-env python scripts/openloop_check.py CHECKPOINT EPISODES_DIR [--episodes 6] [--every 4]
+the model has not learned the behaviour; when they are right, look at the closed loop instead. Ticks are
+judged by the node's controller (``evaluate``'s replay, fresh features every tick: latency 0).
+    scripts/in-env python scripts/openloop_check.py CHECKPOINT EPISODES_DIR [--episodes-max 6] [--every 4]
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from contracts.episode import list_episodes
+from insertion_vla_ros.tools.evaluate import evaluate_episode
 from models.checkpoint import load_checkpoint
-from training.dataset import AlignmentConfig, EpisodeData
-from training.episode import list_episodes
 
 
 def main() -> int:
@@ -27,22 +25,19 @@ def main() -> int:
     parser.add_argument("--ticks", type=int, default=40, help="first ticks of each episode to check")
     parser.add_argument("--every", type=int, default=4)
     args = parser.parse_args()
-    policy = load_checkpoint(args.checkpoint, load_vlm=True)
-    policy.eval()
+    policy = load_checkpoint(args.checkpoint, load_vlm=True).eval()
     for path in list_episodes(args.episodes)[: args.episodes_max]:
-        episode = EpisodeData(path, AlignmentConfig())
-        print(f"{path.name}: {episode.instruction}")
-        for tick in range(0, min(episode.num_ticks, args.ticks), args.every):
-            sample = episode.sample(tick, 0)
-            features = policy.extract_vl_features(episode.load_images(sample["ref"]), episode.instruction)
-            window = torch.from_numpy(sample["sensor_window"])
-            predicted = policy.predict_actions(
-                features, window, float(sample["vl_age_s"]), robot_state=sample["robot_state"]
-            ).numpy()
-            target = np.asarray(sample["target_actions"])
+        run = evaluate_episode(path, policy, vlm_latency_s=0.0, vlm_period_s=0.1)
+        print(f"{path.name}: {run['instruction']}")
+        for index, tick in enumerate(run["ticks"][: args.ticks]):
+            if index % args.every:
+                continue
+            if "predicted" not in tick:
+                print(f"  tick {index:3d}  {tick['reason']}")
+                continue
             print(
-                f"  tick {tick:3d}  target dxyz {target[0, :3].round(2)}  "
-                f"predicted {predicted[0, :3].round(2)}",
+                f"  tick {index:3d}  target dxyz {tick['recorded'][0, :3].round(2)}  "
+                f"predicted {tick['predicted'][0, :3].round(2)}",
                 flush=True,
             )
     return 0

@@ -1,9 +1,9 @@
 """Write a sim episode as a rosbag2 (MCAP by default) with the real topic layout, via ``rosbags``.
 
-``BagEpisodeWriter`` has the same streaming methods as ``training.episode.EpisodeWriter``
+``BagEpisodeWriter`` has the same streaming methods as ``contracts.episode.EpisodeWriter``
 (``add_frame``, ``add_sensor``, ``add_pose``, ``close``, ``abort``), so one loop can feed both.
-Topics and types come from :mod:`sim.topics`; the custom ``insertion_vla_msgs`` types are registered from
-the ``.msg`` files of this repository (or of an installed ``insertion_vla_msgs`` share folder).
+Topics and types come from :mod:`contracts.topics` and :mod:`contracts.bag_types` (the custom
+``insertion_vla_msgs`` types, registered from the ``.msg`` files).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from models.pose_math import rotvec_to_quaternion
-from sim.topics import (
+from contracts.bag_types import build_typestore
+from contracts.constants import NS_PER_S, SENSOR_RATE_HZ
+from contracts.topics import (
     IMAGE_TYPE,
     INSTRUCTION_TOPIC,
     INSTRUCTION_TYPE,
@@ -32,31 +32,7 @@ from sim.topics import (
     SENSOR_TYPE,
     camera_topic,
 )
-
-MSG_PACKAGE = "insertion_vla_msgs"
-NS_PER_S = 1_000_000_000
-
-
-def find_msg_dir() -> Path:
-    """Folder holding the ``insertion_vla_msgs`` ``.msg`` files (source tree first, then ament prefixes)."""
-    candidates = [Path(__file__).resolve().parents[1] / "msg" / "msg"]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / MSG_PACKAGE / "msg")
-    for candidate in candidates:
-        if candidate.is_dir() and any(candidate.glob("*.msg")):
-            return candidate
-    raise FileNotFoundError(f"no {MSG_PACKAGE} .msg files in {[str(c) for c in candidates]}")
-
-
-def build_typestore(msg_dir: Path | None = None) -> Typestore:
-    """Build a ROS 2 Kilted typestore with every ``insertion_vla_msgs`` message registered."""
-    typestore = get_typestore(Stores.ROS2_KILTED)
-    types: dict[str, Any] = {}
-    for file in sorted((msg_dir or find_msg_dir()).glob("*.msg")):
-        types.update(get_types_from_msg(file.read_text(), f"{MSG_PACKAGE}/msg/{file.stem}"))
-    typestore.register(types)
-    return typestore
+from models.pose_math import rotvec_to_quaternion
 
 
 def _qos(durability: QosDurability, depth: int) -> Qos:
@@ -86,7 +62,7 @@ class BagEpisodeWriter:
         path: str | os.PathLike,
         instruction: str,
         cameras: list[str],
-        sensor_rate_hz: float = 650.0,
+        sensor_rate_hz: float = SENSOR_RATE_HZ,
         samples_per_message: int = SENSOR_SAMPLES_PER_MESSAGE,
         storage: StoragePlugin = StoragePlugin.MCAP,
         typestore: Typestore | None = None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from contracts.constants import GRIPPER_DEFAULT
+
 TARGET_COLOURS: tuple[str, ...] = ("Red", "Blue", "Green", "White", "Yellow")
 """The five target points on the phantom surface."""
 
@@ -68,7 +70,7 @@ class RobotConfig:
     workspace_max_mm: tuple[float, float, float] = (40.0, 40.0, 60.0)
     max_tilt_rad: float = 0.35
     needle_length_mm: float = 40.0
-    gripper: float = 1.0
+    gripper: float = GRIPPER_DEFAULT
 
 
 @dataclass

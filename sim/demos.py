@@ -15,10 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from contracts.constants import ACTION_PERIOD_S
+from contracts.episode import EpisodeWriter
 from sim.config import RigConfig
 from sim.expert import ScriptedExpert
 from sim.rig import InsertionRig
-from training.episode import EpisodeWriter
 
 
 class EpisodeSink(Protocol):
@@ -56,7 +57,7 @@ def run_expert_episode(
     sinks: Sequence[EpisodeSink],
     expert_seed: int = 0,
     camera_rate_hz: float = 10.0,
-    step_s: float = 0.1,
+    step_s: float = ACTION_PERIOD_S,
     max_steps: int = 250,
     hold_steps: int = DEFAULT_HOLD_STEPS,
     pause_probability: float = 0.0,
@@ -145,7 +146,7 @@ def generate_demonstrations(
 ) -> list[dict[str, Any]]:
     """Run the expert for ``num_episodes`` seeded episodes and record each one.
 
-    Episodes go to ``out_dir/episode_00000`` ... in the ``training.episode`` format (when
+    Episodes go to ``out_dir/episode_00000`` ... in the ``contracts.episode`` format (when
     ``write_episodes``); with ``bag_dir`` the same streams also go to ``bag_dir/episode_00000`` ... as
     rosbag2 MCAP. ``image_size`` is (width, height). ``targets`` cycles through the given colours (random
     per episode when ``None``). Returns one summary per episode: paths, seeds and the ``evaluate()`` result.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from contracts.constants import ACTION_PERIOD_S, GRIPPER_DEFAULT
 from models.pose_math import apply_delta
 from sim.scene import Scene
 
@@ -23,7 +24,9 @@ class ScriptedExpert:
     Speeds vary slightly per episode (drawn from ``seed``) so demonstrations are not all identical.
     """
 
-    def __init__(self, scene: Scene, step_s: float = 0.1, seed: int = 0, gripper: float = 1.0) -> None:
+    def __init__(
+        self, scene: Scene, step_s: float = ACTION_PERIOD_S, seed: int = 0, gripper: float = GRIPPER_DEFAULT
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.scene = scene
         self.step_s = step_s

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from contracts.constants import CAMERA_NAMES
 from models.pose_math import rotvec_to_matrix
 from sim.config import CameraConfig, SceneConfig
 from sim.robot import needle_axis
 from sim.scene import TARGET_RGB, Scene
-from sim.topics import CAMERA_NAMES
 
 _PHANTOM_RGB = np.array([205.0, 158.0, 148.0])
 _FLOOR_RGB = np.array([92.0, 94.0, 100.0])

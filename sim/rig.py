@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from contracts.constants import CAMERA_NAMES, NS_PER_S
 from sim.config import TARGET_COLOURS, RigConfig, instruction_for
 from sim.render import CameraRig
 from sim.robot import Robot, needle_axis
 from sim.scene import Scene, sample_scene
 from sim.sensor import NeedleSensor
-from sim.topics import CAMERA_NAMES
 
-NS_PER_S = 1_000_000_000
 DEFAULT_START_NS = NS_PER_S
 
 

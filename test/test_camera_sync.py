@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from insertion_vla_ros.camera_sync import CameraQueues, select_camera_set
+from insertion_vla_ros.runtime.camera_sync import CameraQueues, select_camera_set
 
 MS = 1_000_000
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insertion_vla_ros.closed_loop_sim import ClosedLoopRunner, LoopConfig, _steady_rate
+from insertion_vla_ros.tools.sim_loop import ClosedLoopRunner, LoopConfig, _steady_rate
 from sim.config import RigConfig
 from sim.demos import DEFAULT_HOLD_STEPS
 from sim.rig import InsertionRig
@@ -30,7 +30,7 @@ def test_demonstrations_rest_at_the_goal_for_longer_than_a_chunk():
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
     from models.checkpoint import load_checkpoint
 
     checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("model"))

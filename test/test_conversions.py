@@ -8,10 +8,10 @@ import torch
 from PIL import Image as PilImage
 from sensor_msgs.msg import CompressedImage, Image
 
-from insertion_vla_ros import image_conversions as img
-from insertion_vla_ros import msg_conversions as conv
-from insertion_vla_ros.array_fields import bytes_field
-from insertion_vla_ros.time_conversions import ns_to_stamp, stamp_to_ns
+from insertion_vla_ros.ros_io import image_conversions as img
+from insertion_vla_ros.ros_io import msg_conversions as conv
+from insertion_vla_ros.ros_io.array_fields import bytes_field
+from insertion_vla_ros.ros_io.time_conversions import ns_to_stamp, stamp_to_ns
 
 
 @pytest.fixture

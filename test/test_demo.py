@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from insertion_vla_ros import record
-from sim import topics
+from contracts import topics
+from contracts.constants import CAMERA_NAMES
+from insertion_vla_ros.tools import record
 
 
 def test_record_topics_match_the_sim_layout():
     listed = dict(record.topic_list(outputs=False))
-    expected = {topics.camera_topic(n): topics.IMAGE_TYPE for n in topics.CAMERA_NAMES}
+    expected = {topics.camera_topic(n): topics.IMAGE_TYPE for n in CAMERA_NAMES}
     expected.update(
         {
             topics.SENSOR_TOPIC: topics.SENSOR_TYPE,
@@ -28,8 +29,8 @@ def test_record_topics_match_the_sim_layout():
 @pytest.mark.timeout(900)
 def test_short_closed_loop_through_the_real_nodes_completes_an_episode(tmp_path):
     pytest.importorskip("insertion_vla_msgs.msg")
-    from insertion_vla_ros.demo_closed_loop import LoopSettings, results_table, run_closed_loop
-    from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.tools.demo_closed_loop import LoopSettings, results_table, run_closed_loop
 
     checkpoint = build_tiny_checkpoint(tmp_path / "model")
     settings = LoopSettings(

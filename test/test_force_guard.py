@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insertion_vla_ros.force_guard import DEFAULT_FORCE_GUARD_N, RECENT_SAMPLES, force_problem
-from insertion_vla_ros.hold_policy import ChunkStatus, FeatureInfo, check_inputs
+from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N, RECENT_SAMPLES, force_problem
+from insertion_vla_ros.runtime.hold_policy import ChunkStatus, FeatureInfo, check_inputs
 
 S = 1_000_000_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from insertion_vla_ros.latest_worker import LatestWorker
+from insertion_vla_ros.runtime.latest_worker import LatestWorker
 
 
 def test_items_submitted_while_busy_are_replaced_by_the_newest():
@@ -57,14 +57,14 @@ def test_stop_joins_the_thread_and_later_items_are_refused():
 
 
 def test_the_tick_takes_features_by_capture_stamp_not_by_arrival():
-    from insertion_vla_ros.action_expert_node import FeatureEntry, newest_features
-    from insertion_vla_ros.hold_policy import FeatureInfo
+    from insertion_vla_ros.runtime.controller import FeatureEntry, newest_entry
+    from insertion_vla_ros.runtime.hold_policy import FeatureInfo
 
     mismatched = FeatureEntry(FeatureInfo(2, 2_000, "other-model"), None)
     good_but_older = FeatureEntry(FeatureInfo(1, 1_000, "model"), object())  # encoded after #2 arrived
-    assert newest_features([], 5_000) is None
-    assert newest_features([mismatched, good_but_older], 5_000) is mismatched  # the tick holds: mismatch
-    assert newest_features([mismatched, good_but_older], 1_500) is good_but_older  # #2 not captured yet
-    assert newest_features([mismatched, good_but_older], 500) is mismatched  # none usable: newest overall
+    assert newest_entry([], 5_000) is None
+    assert newest_entry([mismatched, good_but_older], 5_000) is mismatched  # the tick holds: mismatch
+    assert newest_entry([mismatched, good_but_older], 1_500) is good_but_older  # #2 not captured yet
+    assert newest_entry([mismatched, good_but_older], 500) is mismatched  # none usable: newest overall
     again = FeatureEntry(FeatureInfo(3, 2_000, "model"), object())
-    assert newest_features([mismatched, again], 5_000) is again  # equal stamps: the later arrival
+    assert newest_entry([mismatched, again], 5_000) is again  # equal stamps: the later arrival

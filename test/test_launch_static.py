@@ -86,8 +86,8 @@ def test_files_it_names_exist_and_are_installed():
 
 
 def test_yaml_sections_match_the_nodes_and_their_declared_parameters():
-    from insertion_vla_ros.action_expert_node import PARAMETERS as AE
-    from insertion_vla_ros.vlm_node import PARAMETERS as VLM
+    from insertion_vla_ros.nodes.action_expert_node import PARAMETERS as AE
+    from insertion_vla_ros.nodes.vlm_node import PARAMETERS as VLM
 
     config = yaml.safe_load((REPO / "config" / "insertion_vla.yaml").read_text())
     assert set(config) == {"/**", "vlm_node", "action_expert_node"}
@@ -103,3 +103,30 @@ def test_yaml_sections_match_the_nodes_and_their_declared_parameters():
             if value is not None:
                 assert type(value) is type(spec.default) or isinstance(spec.default, list), (spec.name, value)
                 spec.check(value)
+
+
+def test_sets_the_large_data_profile_for_fast_dds_unless_set_and_installs_it():
+    tree = _tree()
+    assert set(_constant(tree, "PROFILE_VARIABLES")) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE",
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+    }
+    profile = _constant(tree, "PROFILE_FILE")
+    assert (REPO / "config" / profile).is_file()
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "SetEnvironmentVariable"
+    ]
+    assert calls, "the launch file never sets the Fast DDS profile variable"
+    assert "if not os.environ.get(variable)" in LAUNCH.read_text()  # a user's own profile wins
+    assert 'glob("config/*.xml")' in SETUP  # installed to share/insertion_vla_ros/config
+
+
+def test_camera_remaps_cover_the_compressed_transport_and_unknown_arguments_fail():
+    text = LAUNCH.read_text()
+    assert _constant(_tree(), "COMPRESSED_SUFFIX") == "/compressed"
+    assert "camera_remappings(" in text and "camera_topic(name)" in text
+    assert "_check_arguments(context, declared)" in text and "get_close_matches" in text
+    # the camera list is the one of contracts, not a copy
+    assert "from contracts.constants import CAMERA_NAMES" in text and "CAMERAS = (" not in text

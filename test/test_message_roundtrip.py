@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from insertion_vla_ros.message_roundtrip import KINDS, round_trip
+from insertion_vla_ros.testing.message_roundtrip import KINDS, round_trip
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_vl_features_round_trip_in_process_two_nodes(ros_context):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
-    from insertion_vla_ros.msg_conversions import vl_features_from_msg, vl_features_to_msg
+    from insertion_vla_ros.ros_io.msg_conversions import vl_features_from_msg, vl_features_to_msg
 
     qos = QoSProfile(
         depth=2, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL

@@ -32,7 +32,7 @@ class SimDriver:
         from rosgraph_msgs.msg import Clock
         from trajectory_msgs.msg import MultiDOFJointTrajectory
 
-        from insertion_vla_ros.lifecycle_base import LATCHED_QOS
+        from insertion_vla_ros.ros_io.qos import LATCHED_QOS
 
         self.node = node
         self.info = checkpoint_info
@@ -65,7 +65,7 @@ class SimDriver:
         )
 
     def publish_features(self, fingerprint: str | None = None) -> int:
-        from insertion_vla_ros.msg_conversions import vl_features_to_msg
+        from insertion_vla_ros.ros_io.msg_conversions import vl_features_to_msg
 
         sequence = self.feature_sequence
         self.feature_sequence += 1
@@ -87,8 +87,8 @@ class SimDriver:
         """Advance sim time in 20 ms steps: sensor samples due by the new time first, then /clock."""
         from rosgraph_msgs.msg import Clock
 
-        from insertion_vla_ros.msg_conversions import sensor_samples_to_msg
-        from insertion_vla_ros.time_conversions import ns_to_stamp
+        from insertion_vla_ros.ros_io.msg_conversions import sensor_samples_to_msg
+        from insertion_vla_ros.ros_io.time_conversions import ns_to_stamp
 
         for _ in range(int(round(seconds * S / STEP_NS))):
             self.now_ns += STEP_NS
@@ -121,7 +121,7 @@ class SimDriver:
             assert proc.process.poll() is None, proc.output()[-3000:]
 
     def chunks_since(self, stamp_ns: int):
-        from insertion_vla_ros.time_conversions import stamp_to_ns
+        from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
         return [c for c in self.chunks if stamp_to_ns(c.header.stamp) > stamp_ns]
 
@@ -143,13 +143,13 @@ def test_chunks_ages_holds_and_recovery_under_sim_time(ros_context, tiny_checkpo
     from insertion_vla_msgs.msg import ActionChunk
     from lifecycle_msgs.msg import Transition
 
-    from insertion_vla_ros.msg_conversions import action_chunk_from_msg
-    from insertion_vla_ros.policy_loading import checkpoint_info
-    from insertion_vla_ros.time_conversions import stamp_to_ns
+    from insertion_vla_ros.nodes.policy_loading import checkpoint_info
+    from insertion_vla_ros.ros_io.msg_conversions import action_chunk_from_msg
+    from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
     info = checkpoint_info(str(tiny_checkpoint))
     proc = NodeProcess(
-        "insertion_vla_ros.action_expert_node",
+        "insertion_vla_ros.nodes.action_expert_node",
         node_args(
             tiny_checkpoint,
             "action_expert_node",

@@ -16,14 +16,14 @@ S = 1_000_000_000
 def test_bringup_talks_slow_vlm_keeps_ticks_and_sigint_exits_zero(ros_context, tiny_checkpoint, tmp_path):  # noqa: F811
     from insertion_vla_msgs.msg import ActionChunk, ControllerStatus, VLFeatures
 
-    from insertion_vla_ros.lifecycle_base import LATCHED_QOS, RELIABLE_QOS
-    from insertion_vla_ros.time_conversions import stamp_to_ns
+    from insertion_vla_ros.ros_io.qos import LATCHED_QOS, RELIABLE_QOS
+    from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
     rig = NodeProcess(
-        "insertion_vla_ros.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], tmp_path, name="rig"
+        "insertion_vla_ros.testing.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], tmp_path, name="rig"
     )
     bringup = NodeProcess(
-        "insertion_vla_ros.bringup",
+        "insertion_vla_ros.tools.bringup",
         [],
         tmp_path,
         argv=[
@@ -100,13 +100,19 @@ def _run_node(module: str, *ros_args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_startup_errors_name_the_problem(tiny_checkpoint, tmp_path):  # noqa: F811
-    missing = _run_node("insertion_vla_ros.action_expert_node", "-p", f"checkpoint:={tmp_path / 'nope'}")
+    missing = _run_node(
+        "insertion_vla_ros.nodes.action_expert_node",
+        "-p",
+        f"checkpoint:={tmp_path / 'nope'}",
+        "-p",
+        "autostart:=true",
+    )
     assert missing.returncode == 1
     assert "parameter 'checkpoint'" in missing.stderr and "not found" in missing.stderr
     assert "Traceback" not in missing.stderr
 
     bad = _run_node(
-        "insertion_vla_ros.vlm_node",
+        "insertion_vla_ros.nodes.vlm_node",
         "-p",
         f"checkpoint:={tiny_checkpoint}",
         "-p",
@@ -115,10 +121,12 @@ def test_startup_errors_name_the_problem(tiny_checkpoint, tmp_path):  # noqa: F8
     assert bad.returncode == 1 and "vlm_period_s" in bad.stderr and "Traceback" not in bad.stderr
 
     limits = _run_node(
-        "insertion_vla_ros.action_expert_node",
+        "insertion_vla_ros.nodes.action_expert_node",
         "-p",
         f"checkpoint:={tiny_checkpoint}",
         "-p",
         "action_expert_node:step_limits:=[1.0,2.0]",
+        "-p",
+        "autostart:=true",
     )
     assert limits.returncode == 1 and "parameter 'step_limits'" in limits.stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insertion_vla_ros.diagnostics import FrequencyMonitor, Level, TaskStatus, diagnostic_array
-from insertion_vla_ros.parameters import ParameterError, ParamSpec, declare_parameters, descriptor_for
-from insertion_vla_ros.standard_outputs import chunk_poses, step_twist, trajectory_msg, twist_msg
+from insertion_vla_ros.ros_io.diagnostics import FrequencyMonitor, Level, TaskStatus, diagnostic_array
+from insertion_vla_ros.ros_io.parameters import ParameterError, ParamSpec, declare_parameters, descriptor_for
+from insertion_vla_ros.ros_io.standard_outputs import chunk_poses, step_twist, trajectory_msg, twist_msg
 
 S = 1_000_000_000
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from insertion_vla_ros.hold_policy import ChunkStatus, FeatureInfo, HoldTracker, check_inputs, check_output
+from insertion_vla_ros.runtime.hold_policy import (
+    ChunkStatus,
+    FeatureInfo,
+    HoldTracker,
+    check_inputs,
+    check_output,
+)
 
 S = 1_000_000_000
 GOOD = FeatureInfo(sequence=3, stamp_ns=10 * S, fingerprint="fp-a")
@@ -59,7 +65,7 @@ def test_tracker_reports_only_changes():
 
 
 def test_robot_state_missing_stale_and_nonfinite_hold():
-    from insertion_vla_ros.robot_state import RobotStateBuffer
+    from insertion_vla_ros.runtime.robot_state import RobotStateBuffer
 
     buffer = RobotStateBuffer()
     state, problem = buffer.state_at(11 * S, S // 10)

@@ -23,7 +23,7 @@ CONFIG = REPO / "config" / "insertion_vla.yaml"
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny policy checkpoint (tiny Qwen2.5-VL + LoRA + action expert), built once per test session."""
-    from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "tiny_policy"
     checkpoint = root / "checkpoint"

@@ -24,18 +24,18 @@ def test_features_period_stamps_and_stopped_camera(ros_context, tiny_checkpoint,
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from insertion_vla_ros.lifecycle_base import LATCHED_QOS
-    from insertion_vla_ros.msg_conversions import vl_features_from_msg
-    from insertion_vla_ros.policy_loading import checkpoint_info
-    from insertion_vla_ros.time_conversions import stamp_to_ns
+    from insertion_vla_ros.nodes.policy_loading import checkpoint_info
+    from insertion_vla_ros.ros_io.msg_conversions import vl_features_from_msg
+    from insertion_vla_ros.ros_io.qos import LATCHED_QOS
+    from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
     info = checkpoint_info(str(tiny_checkpoint))
     period = 0.6
     rig = NodeProcess(
-        "insertion_vla_ros.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], tmp_path, name="rig"
+        "insertion_vla_ros.testing.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], tmp_path, name="rig"
     )
     vlm = NodeProcess(
-        "insertion_vla_ros.vlm_node",
+        "insertion_vla_ros.nodes.vlm_node",
         node_args(
             tiny_checkpoint,
             "vlm_node",

@@ -121,7 +121,7 @@ def test_written_params_pass_the_nodes_parameter_checks(cli_run):
     _, out = cli_run
     written = yaml.safe_load((out / "params.yaml").read_text())
     try:
-        from insertion_vla_ros import action_expert_node, vlm_node
+        from insertion_vla_ros.nodes import action_expert_node, vlm_node
     except ImportError as error:  # pragma: no cover - the dev environment has the ROS wheels
         pytest.skip(f"node modules need ROS: {error}")
     for module in (vlm_node, action_expert_node):

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("insertion_vla_msgs.msg")
 
-from insertion_vla_ros.replay import parse_remaps  # noqa: E402
+from insertion_vla_ros.tools.replay import parse_remaps  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -30,8 +30,8 @@ def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
     from insertion_vla_msgs.msg import ActionChunk, ControllerStatus
     from rclpy.executors import SingleThreadedExecutor
 
-    from insertion_vla_ros.replay import BagPlayer
-    from insertion_vla_ros.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.tools.replay import BagPlayer
     from sim.demos import generate_demonstrations
 
     generate_demonstrations(
@@ -43,7 +43,7 @@ def test_replay_drives_action_expert_under_sim_time(ros_context, tmp_path):
         [
             sys.executable,
             "-m",
-            "insertion_vla_ros.action_expert_node",
+            "insertion_vla_ros.nodes.action_expert_node",
             "--ros-args",
             "-p",
             f"checkpoint:={checkpoint}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insertion_vla_ros.safety import SafetyLimiter
+from insertion_vla_ros.runtime.safety import SafetyLimiter
 
 INF = float("inf")
 

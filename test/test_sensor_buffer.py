@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insertion_vla_ros.msg_conversions import sample_stamps_ns
-from insertion_vla_ros.sensor_buffer import SensorRingBuffer
+from insertion_vla_ros.ros_io.msg_conversions import sample_stamps_ns
+from insertion_vla_ros.runtime.sensor_buffer import SensorRingBuffer
 
 RATE = 650.0
 PERIOD = 1e9 / RATE
@@ -78,7 +78,9 @@ def test_out_of_order_and_duplicate_samples_dropped_and_counted():
     buf.add(*batch(13, 13))  # late: dropped, counted
     buf.add(*batch(38, 2))  # 38 is a duplicate, 39 is new
     assert buf.stats.gap_samples == 13
-    assert buf.stats.out_of_order_samples == 14
+    assert buf.stats.out_of_order_samples == 13  # each reason has its own counter
+    assert buf.stats.duplicate_samples == 1
+    assert buf.stats.dropped_samples == 27
     assert len(buf) == 27
     stored = buf.window(int(batch(39, 1)[0][0]), 27).samples[:, 0]
     np.testing.assert_array_equal(stored, np.r_[np.arange(13), np.arange(26, 40)])

@@ -9,9 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from contracts.constants import CAMERA_NAMES
+
 pytest.importorskip("insertion_vla_msgs.msg")
 
-from insertion_vla_ros.closed_loop import Chunk, ChunkExecutor, EndRule  # noqa: E402
+from insertion_vla_ros.runtime.chunk_executor import Chunk, ChunkExecutor, EndRule  # noqa: E402
 
 NS = 1_000_000_000
 
@@ -57,12 +59,12 @@ class _Probe:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from insertion_vla_ros.msg_conversions import action_chunk_to_msg, sensor_samples_from_msg
-        from insertion_vla_ros.time_conversions import stamp_to_ns
-        from sim import topics
+        from contracts import topics
+        from insertion_vla_ros.ros_io.msg_conversions import action_chunk_to_msg, sensor_samples_from_msg
+        from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
         self.lock = threading.Lock()
-        self.images: dict[str, list[int]] = {n: [] for n in topics.CAMERA_NAMES}
+        self.images: dict[str, list[int]] = {n: [] for n in CAMERA_NAMES}
         self.sensor_stamps: list[np.ndarray] = []
         self.sensor_batches: list[int] = []
         self.poses: list[tuple[int, np.ndarray]] = []
@@ -76,7 +78,7 @@ class _Probe:
         latched = QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
-        for name in topics.CAMERA_NAMES:
+        for name in CAMERA_NAMES:
             node.create_subscription(
                 Image,
                 topics.camera_topic(name),
@@ -148,8 +150,8 @@ def test_sim_node_publishes_rig_topics_and_follows_chunks(ros_context, tmp_path)
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from insertion_vla_ros import sim_node
-    from insertion_vla_ros.sim_node import SimNode
+    from insertion_vla_ros.nodes import sim_node
+    from insertion_vla_ros.nodes.sim_node import SimNode
 
     step = np.array([0.5, -0.3, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
     results_file = tmp_path / "results.json"

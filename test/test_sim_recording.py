@@ -9,10 +9,11 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import QosDurability
 
+from contracts import topics
+from contracts.constants import CAMERA_NAMES
+from contracts.episode import Episode, list_episodes
 from models.pose_math import quaternion_to_rotvec
-from sim import topics
 from sim.demos import episode_seed, generate_demonstrations
-from training.episode import Episode, list_episodes
 
 WIDTH, HEIGHT = 96, 64
 
@@ -34,7 +35,7 @@ def test_demonstration_episode_reads_back_without_problems(demos):
     episode = Episode(path)
     assert episode.problems() == []
     assert episode.instruction == "Perform Yellow_point insertion task"
-    assert episode.cameras == list(topics.CAMERA_NAMES)
+    assert episode.cameras == list(CAMERA_NAMES)
     meta = episode.meta["metadata"]
     assert meta["target"] == "Yellow" and meta["seed"] == 5 and meta["episode_seed"] == episode_seed(5, 0)
     assert meta["result"]["success"] and abs(meta["result"]["depth_error_mm"]) < 0.75
@@ -66,7 +67,7 @@ def test_bag_has_the_real_topic_layout_and_the_same_values(demos):
     samples = episode.sensor.shape[0]
     with AnyReader([bag]) as reader:
         found = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
-        expected = {topics.camera_topic(name): (topics.IMAGE_TYPE, frames) for name in topics.CAMERA_NAMES}
+        expected = {topics.camera_topic(name): (topics.IMAGE_TYPE, frames) for name in CAMERA_NAMES}
         expected[topics.SENSOR_TOPIC] = (topics.SENSOR_TYPE, -(-samples // topics.SENSOR_SAMPLES_PER_MESSAGE))
         expected[topics.POSE_TOPIC] = (topics.POSE_TYPE, episode.pose.shape[0])
         expected[topics.INSTRUCTION_TOPIC] = (topics.INSTRUCTION_TYPE, 1)
@@ -106,7 +107,7 @@ def test_bag_has_the_real_topic_layout_and_the_same_values(demos):
     np.testing.assert_allclose(poses[:, 3:6], episode.pose[:, 3:6], atol=1e-9)
     np.testing.assert_array_equal(pose_stamps, episode.pose_stamps_ns)
     # Bag frames are the raw renders; the episode holds them as JPEG.
-    for name in topics.CAMERA_NAMES:
+    for name in CAMERA_NAMES:
         assert len(images[name]) == frames
         decoded = episode.load_frame(name, frames // 2).astype(float)
         assert np.abs(images[name][frames // 2].astype(float) - decoded).mean() < 4.0

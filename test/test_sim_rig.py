@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.constants import CAMERA_NAMES
 from models.pose_math import pose_delta
 from sim.config import TARGET_COLOURS, RigConfig, instruction_for, target_from_instruction
 from sim.expert import ScriptedExpert
 from sim.rig import InsertionRig
-from sim.topics import CAMERA_NAMES
 
 SMALL = RigConfig().with_image_size(96, 80)
 

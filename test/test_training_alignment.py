@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.constants import GRIPPER_DEFAULT, NS_PER_S
 from models.pose_math import pose_delta
-from training.alignment import NS_PER_S, interpolate_poses, pose_at_or_before, target_chunk
+from training.alignment import interpolate_poses, pose_at_or_before, target_chunk
 from training.dataset import AlignmentConfig, GroupDataset, TickDataset, open_episodes, split_episodes
 from training.fixtures import _AXIS, make_synthetic_episode, synthetic_pose
 from training.sampler import BatchPlan, sample_k
@@ -46,7 +47,7 @@ def test_targets_match_known_motion(episode):
     cfg = episode.config
     dt = cfg.dt_s
     expected_step = np.concatenate(
-        [[SPEED * dt, 0.4 * dt, -0.25 * dt], _AXIS * np.deg2rad(0.2 * SPEED) * dt, [0]]
+        [[SPEED * dt, 0.4 * dt, -0.25 * dt], _AXIS * np.deg2rad(0.2 * SPEED) * dt, [GRIPPER_DEFAULT]]
     )
     for tick in range(0, episode.num_ticks - cfg.horizon - 1, 3):
         sample = episode.sample(tick, 0)

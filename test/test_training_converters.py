@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.alignment import NS_PER_S
+from contracts.constants import NS_PER_S
+from contracts.episode import Episode
 from training.bag_fixture import make_bag
 from training.convert_bag import BagOptions, convert_bags
 from training.convert_legacy import LegacyOptions, convert_legacy
-from training.episode import Episode
 from training.fixtures import synthetic_frame, synthetic_pose
 from training.legacy_fixture import DEFECTS, make_legacy_session
 

@@ -10,9 +10,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from contracts.constants import ACTION_NAMES
 from models.checkpoint import load_checkpoint, read_checkpoint_info
 from models.config import config_search_dirs
-from models.pose_math import ACTION_NAMES
 from training.config import TrainConfig
 from training.dataset import AlignmentConfig, open_episodes
 from training.fixtures import make_synthetic_dataset

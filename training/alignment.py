@@ -18,8 +18,6 @@ import numpy as np
 
 from models.pose_math import matrix_to_rotvec, pose_delta, rotvec_to_matrix
 
-NS_PER_S = 1_000_000_000
-
 
 def interpolate_poses(stamps_ns: np.ndarray, poses: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
     """Poses [len(times), 7] at ``times_ns``; times outside the stream clamp to its first/last pose."""

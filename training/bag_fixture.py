@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts import topics
+from contracts.bag_types import build_typestore
+from contracts.constants import CAMERA_NAMES, SENSOR_RATE_HZ
+from contracts.episode import encode_jpeg
 from models.pose_math import rotvec_to_quaternion
-from sim import topics
-from training.convert_bag import custom_typestore, default_msg_dir
-from training.episode import encode_jpeg
 from training.fixtures import synthetic_frame, synthetic_pose
 
 
@@ -25,7 +26,7 @@ def make_bag(
     speed: float = 5.0,
     duration_s: float = 2.0,
     start_ns: int = 1_700_000_000_000_000_000,
-    cameras: Sequence[str] = topics.CAMERA_NAMES,
+    cameras: Sequence[str] = CAMERA_NAMES,
     compressed: bool = False,
     channels: int = 1026,
     image_size: int = 32,
@@ -35,7 +36,7 @@ def make_bag(
     """Write a bag folder at ``path`` and return it."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    store = custom_typestore(default_msg_dir())
+    store = build_typestore()
     Image = store.types["sensor_msgs/msg/Image"]
     CompressedImage = store.types["sensor_msgs/msg/CompressedImage"]
     Header = store.types["std_msgs/msg/Header"]
@@ -102,7 +103,7 @@ def make_bag(
                 data[2, -1] = np.nan
             msg = Samples(
                 header=header(stamp),
-                sample_rate_hz=650.0,
+                sample_rate_hz=SENSOR_RATE_HZ,
                 num_samples=per_msg,
                 num_channels=channels,
                 data=data.reshape(-1),

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contracts.constants import GRIPPER_DEFAULT
 from training.config import TrainConfig
 
 
@@ -70,12 +71,12 @@ def _cmd_train(stage: int, args: argparse.Namespace) -> int:
 
 
 def _cmd_build_cache(args: argparse.Namespace) -> int:
+    from contracts.episode import list_episodes
     from models.checkpoint import load_checkpoint
     from models.config import load_model_config
     from models.policy import AsyncVLAPolicy
     from training.dataset import AlignmentConfig, open_episodes
     from training.distributed import barrier, init_distributed, shutdown
-    from training.episode import list_episodes
     from training.feature_cache import FeatureCache
     from training.features import build_cache
     from training.trainer import all_feature_refs
@@ -170,7 +171,12 @@ def _add_cleaning_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-nan-fraction", type=float, default=0.1, help="skip when more rows are non-finite (default 0.1)"
     )
-    parser.add_argument("--gripper", type=float, default=0.0, help="gripper value of every pose (default 0)")
+    parser.add_argument(
+        "--gripper",
+        type=float,
+        default=GRIPPER_DEFAULT,
+        help=f"gripper value of every pose (default {GRIPPER_DEFAULT}, as the nodes assume)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Convert rosbag2 recordings (sqlite3 or MCAP, read with ``rosbags``) of the rig's topics into episodes.
 
-One bag = one episode. Topics (defaults from :mod:`sim.topics`, overridable):
+One bag = one episode. Topics (defaults from :mod:`contracts.topics`, overridable):
 
 - ``/cameras/<name>/image_raw`` (``sensor_msgs/msg/Image``: rgb8, bgr8, rgba8, bgra8, mono8) or
   ``/cameras/<name>/image_raw/compressed`` (``CompressedImage``: jpeg, png); stamp = ``header.stamp``;
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,55 +25,32 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from contracts import topics
+from contracts.bag_types import build_typestore
+from contracts.constants import CAMERA_NAMES, GRIPPER_DEFAULT, SENSOR_RATE_HZ
+from contracts.episode import encode_jpeg
 from models.pose_math import pose_from_ros
-from sim import topics as sim_topics
 from training.conversion_report import ConversionReport, EpisodeReport
-from training.episode import encode_jpeg
 from training.episode_builder import CleaningPolicy, RawEpisode, build_episode
 from training.image_codec import ImageDecodeError, decode_compressed, decode_raw, is_jpeg
 
 CAMERA_TOPIC_RE = re.compile(r"^/cameras/(?P<name>[^/]+)/image_raw(?P<compressed>/compressed)?$")
-MSG_PACKAGE = "insertion_vla_msgs"
 
 
 @dataclass
 class BagOptions:
     """Topic names and interpretation of a bag."""
 
-    cameras: tuple[str, ...] | None = sim_topics.CAMERA_NAMES
+    cameras: tuple[str, ...] | None = CAMERA_NAMES
     """Cameras the episode must have, in model order; None = every camera topic found, sorted by name."""
-    sensor_topic: str = sim_topics.SENSOR_TOPIC
-    pose_topic: str = sim_topics.POSE_TOPIC
-    instruction_topic: str = sim_topics.INSTRUCTION_TOPIC
+    sensor_topic: str = topics.SENSOR_TOPIC
+    pose_topic: str = topics.POSE_TOPIC
+    instruction_topic: str = topics.INSTRUCTION_TOPIC
     instruction: str | None = None
     """Used when the bag has no instruction message (otherwise such a bag is skipped)."""
-    gripper: float = 0.0
+    gripper: float = GRIPPER_DEFAULT
     msg_dir: Path | None = None
     """Folder of the custom ``*.msg`` files (default: this repository's ``msg/msg``)."""
-
-
-def default_msg_dir() -> Path | None:
-    """Find the repository's ``msg/msg`` or the installed ``share/insertion_vla_msgs/msg``."""
-    for candidate in (
-        Path(__file__).resolve().parent.parent / "msg" / "msg",
-        Path(sys.prefix) / "share" / MSG_PACKAGE / "msg",
-    ):
-        if candidate.is_dir() and any(candidate.glob("*.msg")):
-            return candidate
-    return None
-
-
-def custom_typestore(msg_dir: Path | None):
-    """Build a ROS 2 typestore with the standard types plus ``insertion_vla_msgs`` from ``msg_dir``."""
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    store = get_typestore(Stores.LATEST)
-    if msg_dir is not None:
-        types = {}
-        for path in sorted(Path(msg_dir).glob("*.msg")):
-            types.update(get_types_from_msg(path.read_text(), f"{MSG_PACKAGE}/msg/{path.stem}"))
-        store.register(types)
-    return store
 
 
 def find_bags(root: str | os.PathLike) -> list[Path]:
@@ -135,7 +111,7 @@ def read_bag(
     """Read one bag into raw streams; None (reason in ``report``) when it cannot be used."""
     from rosbags.highlevel import AnyReader
 
-    store = custom_typestore(options.msg_dir or default_msg_dir())
+    store = build_typestore(options.msg_dir)
     with AnyReader([bag], default_typestore=store) as reader:
         camera_conns = {}
         for conn in reader.connections:
@@ -201,7 +177,7 @@ def read_bag(
         frames=streams.frames,
         sensor_stamps_ns=np.concatenate(streams.sensor_stamps) if streams.sensor else np.zeros(0, np.int64),
         sensor=np.concatenate(streams.sensor) if streams.sensor else np.zeros((0, channels), np.float32),
-        sensor_rate_hz=float(min(streams.rates)) if streams.rates else 650.0,
+        sensor_rate_hz=float(min(streams.rates)) if streams.rates else SENSOR_RATE_HZ,
         pose_stamps_ns=np.asarray(streams.pose_stamps, dtype=np.int64),
         poses=np.asarray(streams.poses, dtype=np.float64).reshape(-1, 7),
         source="rosbag2",

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from contracts.constants import GRIPPER_DEFAULT
+from contracts.episode import encode_jpeg
 from models.pose_math import euler_to_matrix, matrix_to_rotvec
 from training.conversion_report import ConversionReport, EpisodeReport
-from training.episode import encode_jpeg
 from training.episode_builder import CleaningPolicy, RawEpisode, build_episode
 from training.image_codec import ImageDecodeError, decode_compressed, is_jpeg
 from training.timestamps import to_ns
@@ -44,7 +45,7 @@ class LegacyOptions:
     euler_convention: str = "ZYZ"
     pose_stamp_column: str = "origin_timestamp"
     time_unit: str = "auto"
-    gripper: float = 0.0
+    gripper: float = GRIPPER_DEFAULT
 
 
 def find_sessions(root: str | os.PathLike) -> list[Path]:

@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from contracts.constants import ACTION_PERIOD_S, NS_PER_S
+from contracts.episode import Episode, EpisodeFormatError
 from training.alignment import (
-    NS_PER_S,
     EpisodeTimeline,
     frame_at_or_before,
     pose_at_or_before,
     sensor_window_slice,
     target_chunk,
 )
-from training.episode import Episode, EpisodeFormatError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class AlignmentConfig:
 
     window: int = 65
     horizon: int = 8
-    dt_s: float = 0.1
+    dt_s: float = ACTION_PERIOD_S
     reuse: int = 17
     """R: ticks that share one VL feature (VLM period / action period)."""
     age_weights: tuple[float, ...] | None = None

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.alignment import NS_PER_S
+from contracts.constants import NS_PER_S, SENSOR_RATE_HZ
+from contracts.episode import EpisodeWriter
 from training.conversion_report import EpisodeReport
-from training.episode import EpisodeWriter
 
 FrameLoader = Callable[[], bytes]
 """Returns a frame as JPEG bytes, or raises ImageDecodeError/OSError when the frame is unreadable."""
@@ -46,7 +46,7 @@ class RawEpisode:
     frames: dict[str, list[tuple[int, FrameLoader]]] = field(default_factory=dict)
     sensor_stamps_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sensor: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    sensor_rate_hz: float = 650.0
+    sensor_rate_hz: float = SENSOR_RATE_HZ
     pose_stamps_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     poses: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float64))
     source: str = "unknown"
@@ -91,7 +91,7 @@ def build_episode(
     report.counts.update(
         sensor_samples=int(raw.sensor_stamps_ns.shape[0]),
         poses=int(raw.pose_stamps_ns.shape[0]),
-        frames={c: len(raw.frames.get(c, [])) for c in raw.cameras},
+        frames_read={c: len(raw.frames.get(c, [])) for c in raw.cameras},
     )
     missing = [c for c in raw.cameras if not raw.frames.get(c)]
     if missing:
@@ -142,6 +142,11 @@ def build_episode(
         report.skip(f"too short: streams overlap {duration:.2f} s < {policy.min_duration_s} s")
         return None
 
+    report.counts.update(
+        sensor_samples_written=int(sensor_stamps.shape[0]),
+        poses_written=int(pose_stamps.shape[0]),
+        frames_written={c: len(f) for c, f in frames.items()},
+    )
     writer = EpisodeWriter(
         Path(out_dir) / raw.name,
         instruction=raw.instruction,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.episode import EpisodeWriter, encode_jpeg
+from contracts.constants import CAMERA_NAMES, GRIPPER_DEFAULT, SENSOR_RATE_HZ
+from contracts.episode import EpisodeWriter, encode_jpeg
 
-DEFAULT_CAMERAS = ("view1", "view2", "view3", "view4", "view5")
 _AXIS = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
 
 
@@ -26,7 +26,7 @@ def synthetic_pose(t_s: np.ndarray | float, speed: float) -> np.ndarray:
     t = np.asarray(t_s, dtype=np.float64)[..., None]
     position = np.concatenate([speed * t, 0.4 * t, -0.25 * t], axis=-1)
     rotation = _AXIS * (np.deg2rad(0.2 * speed) * t + 0.1)
-    return np.concatenate([position, rotation, np.zeros_like(t)], axis=-1)
+    return np.concatenate([position, rotation, np.full_like(t, GRIPPER_DEFAULT)], axis=-1)
 
 
 def synthetic_frame(speed: float, index: int, size: int = 112) -> np.ndarray:
@@ -46,10 +46,10 @@ def make_synthetic_episode(
     speed: float = 5.0,
     duration_s: float = 3.0,
     start_ns: int = 1_700_000_000_000_000_000,
-    cameras: Sequence[str] = DEFAULT_CAMERAS,
+    cameras: Sequence[str] = CAMERA_NAMES,
     camera_hz: float = 10.0,
     camera_offsets_s: Sequence[float] | None = None,
-    sensor_hz: float = 650.0,
+    sensor_hz: float = SENSOR_RATE_HZ,
     pose_hz: float = 100.0,
     channels: int = 1026,
     image_size: int = 112,

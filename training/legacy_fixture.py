@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.episode import encode_jpeg
 from models.pose_math import rotvec_to_matrix
-from training.episode import encode_jpeg
 from training.fixtures import synthetic_frame, synthetic_pose
 
 DEFECTS = ("missing_camera", "unreadable_frame", "non_monotonic", "nan_sensor", "too_short")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.alignment import NS_PER_S
+from contracts.constants import NS_PER_S
 
 # Magnitude thresholds: a 2020s epoch time is ~1.7e9 s, ~1.7e12 ms, ~1.7e15 us, ~1.7e18 ns.
 _SECONDS_BELOW = 1e11

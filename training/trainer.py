@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from contracts.episode import list_episodes
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import load_model_config
 from models.policy import AsyncVLAPolicy
@@ -38,7 +39,6 @@ from training.dataset import (
     split_episodes,
 )
 from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
-from training.episode import list_episodes
 from training.feature_cache import FeatureCache
 from training.features import FeatureSource, build_cache, pad_features
 from training.normalization import compute_normalization

@@ -1,0 +1,1 @@
+"""ROS I/O: message and image conversion, QoS profiles, parameters, diagnostics, time stamps."""
