@@ -55,3 +55,27 @@ def test_evaluate_writes_metrics_and_plots(sim_bag, tmp_path):
         assert 0.0 <= m[f"mae_chunk_{name}"] < 100.0
     for png in ("predicted_vs_recorded.png", "vl_age.png", "latency_hist.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("storage", "compressed"), [("sqlite3", True), ("mcap", False)])
+def test_evaluate_reads_bags_written_with_rosbags_directly(tmp_path, storage, compressed):
+    """Bags from outside the project (rosbags Writer): CompressedImage and every raw encoding."""
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
+    from insertion_vla_ros.tools.evaluate import main
+    from training.bag_fixture import make_bag
+
+    checkpoint = build_tiny_checkpoint(tmp_path / "model")
+    bag = make_bag(
+        tmp_path / "bag",
+        storage,
+        duration_s=2.0,
+        compressed=compressed,
+        encodings=("rgb8", "bgr8", "rgba8", "mono8", "bgra8"),
+    )
+    out = tmp_path / "eval"
+    args = [str(bag), "--checkpoint", str(checkpoint), "--out", str(out), "--vlm-latency", "0.2"]
+    assert main([*args, "--vlm-period", "0.5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["ok_ticks"] > 5, metrics

@@ -42,13 +42,14 @@ class NodeProcess:
         log_dir: Path,
         name: str | None = None,
         argv: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name or module.rsplit(".", 1)[-1]
         self.log_path = log_dir / f"{self.name}.log"
         command = [sys.executable, "-m", module, *(argv or [])]
         if ros_args:
             command += ["--ros-args", *ros_args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 

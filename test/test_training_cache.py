@@ -104,9 +104,9 @@ def test_corrupt_and_partial_shards_are_detected_and_rebuilt(setup, tmp_path):
     data = bytearray(shards[0].read_bytes())
     data[-5] ^= 0xFF  # flip a byte inside the tensor data: same size, wrong sha256
     shards[0].write_bytes(bytes(data))
-    (cache.directory / "shard-r9-deadbeef.safetensors").write_bytes(b"half a shard")  # no index: partial
+    (cache.directory / "shard-r0-deadbeef.safetensors").write_bytes(b"half a shard")  # no index: partial
     reopened = FeatureCache(tmp_path, policy.fingerprint)
-    assert not (cache.directory / "shard-r9-deadbeef.safetensors").exists()
+    assert not (cache.directory / "shard-r0-deadbeef.safetensors").exists()  # this rank's own: deleted
     assert reopened.verify() == 1 and not shards[0].exists()
     assert len(reopened.missing(refs[:6])) == 3
     assert build_cache(reopened, refs[:6], policy.extract_vl_features_batch, load, progress=False) == 3
@@ -155,3 +155,48 @@ def test_stage1_miss_is_an_error_or_computed_never_silent(setup, tmp_path):
     strict.features(refs[:2])  # now hits
     with pytest.raises(ValueError, match="needs the VLM"):
         FeatureSource("on", cache, None, load, compute_on_miss=True)
+
+
+def test_a_rank_never_deletes_another_ranks_shard(setup, tmp_path):
+    _, policy, refs, _ = setup
+    writer = FeatureCache(tmp_path, policy.fingerprint, rank=1)
+    writer.put(refs[0], torch.ones(4, 8))
+    shard = writer.flush()
+    index = shard.with_suffix(".json")
+    committed = index.read_text()
+    index.unlink()  # rank 1 is between renaming its shard into place and writing the index
+    reader = FeatureCache(tmp_path, policy.fingerprint, rank=0)
+    assert shard.exists(), "rank 0 deleted rank 1's shard"
+    assert reader.missing(refs[:1]) == refs[:1]  # not indexed yet: a miss, not an error
+    index.write_text(committed)  # rank 1 commits
+    reader.reload()
+    assert reader.missing(refs[:1]) == [] and torch.equal(reader.get(refs[0]), torch.ones(4, 8))
+
+
+def _rank_writes(root: str, fingerprint: str, rank: int, count: int) -> None:
+    from training.dataset import FeatureRef
+    from training.feature_cache import FeatureCache as Cache
+
+    cache = Cache(root, fingerprint, rank=rank, shard_entries=1)
+    for i in range(count):
+        ref = FeatureRef(f"ep{rank}", ("view1",), (i,), (i,), "task")
+        cache.put(ref, torch.full((2, 4), float(i)))  # shard_entries=1: every put is a flush
+        cache.reload()  # the reload that used to delete the other rank's fresh shards
+
+
+def test_ranks_writing_concurrently_keep_every_shard(tmp_path):
+    import multiprocessing
+
+    from training.dataset import FeatureRef
+
+    context = multiprocessing.get_context("spawn")
+    count = 60
+    workers = [context.Process(target=_rank_writes, args=(str(tmp_path), "fp", r, count)) for r in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    merged = FeatureCache(tmp_path, "fp", rank=2)
+    refs = [FeatureRef(f"ep{r}", ("view1",), (i,), (i,), "task") for r in (0, 1) for i in range(count)]
+    assert merged.missing(refs) == [] and merged.verify() == 0

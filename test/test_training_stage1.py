@@ -122,3 +122,25 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(root, tmp_pa
     # run, so the equalities above hold only because resume restored RNG, data position and optimizer.
     other = train(_config(root, "other", seed=1, **common))
     assert other.history["train/loss"] != full.history["train/loss"]
+
+
+def test_a_corrupt_cache_shard_is_a_one_line_error_with_the_fix_and_exit_2(root, tmp_path):
+    import subprocess
+    import sys
+
+    train(_config(root, "warm", steps=2, val_every=2, checkpoint_every=2))  # builds the cache
+    shards = sorted((root / "cache").glob("*/shard-*.safetensors"))
+    assert shards
+    data = bytearray(shards[0].read_bytes())
+    data[-5] ^= 0xFF  # same size, wrong sha256
+    shards[0].write_bytes(bytes(data))
+    args = [
+        sys.executable, "-m", "training", "stage1", "--data", str(root / "data"),
+        "--out", str(tmp_path / "run"), "--cache-dir", str(root / "cache"), "--cache-mode", "on",
+        "--steps", "2", "--global-batch", "8", "--micro-batch", "8", "--val-episodes", *VAL, "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("insertion_vla_train: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "episode_" in errors[0] and "build-cache" in errors[0] and "--compute-on-miss" in errors[0]

@@ -20,6 +20,24 @@ from models.pose_math import rotvec_to_quaternion
 from training.fixtures import synthetic_frame, synthetic_pose
 
 
+def encode_raw(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """An RGB frame as the pixel array of a raw ``sensor_msgs/Image`` in ``encoding``."""
+    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    layouts = {
+        "rgb8": lambda: rgb,
+        "bgr8": lambda: rgb[:, :, ::-1],
+        "rgba8": lambda: np.concatenate([rgb, alpha], axis=2),
+        "bgra8": lambda: np.concatenate([rgb[:, :, ::-1], alpha], axis=2),
+        "mono8": lambda: rgb[:, :, :1],
+    }
+    return layouts[encoding]()
+
+
+def decoded_reference(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """What a correct decoder returns for a frame written with :func:`encode_raw`."""
+    return np.repeat(rgb[:, :, :1], 3, axis=2) if encoding == "mono8" else rgb
+
+
 def make_bag(
     path: str | os.PathLike,
     storage: str = "mcap",
@@ -32,8 +50,13 @@ def make_bag(
     image_size: int = 32,
     instruction: str | None = "Perform Red_point insertion task",
     defect: str | None = None,
+    encodings: Sequence[str] = ("rgb8", "bgr8"),
 ) -> Path:
-    """Write a bag folder at ``path`` and return it."""
+    """Write a bag folder at ``path`` and return it.
+
+    Raw frames of camera ``c`` use ``encodings[c % len(encodings)]`` (rgb8, bgr8, rgba8, bgra8, mono8;
+    mono8 frames carry the red channel of :func:`training.fixtures.synthetic_frame`).
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     store = build_typestore()
@@ -76,8 +99,8 @@ def make_bag(
                         header=header(stamp), format="jpeg", data=np.frombuffer(data, np.uint8)
                     )
                 else:
-                    encoding = "bgr8" if c % 2 else "rgb8"
-                    pixels = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
+                    encoding = encodings[c % len(encodings)]
+                    pixels = encode_raw(rgb, encoding)
                     if defect == "unreadable_frame" and c == 1 and i == 3:
                         pixels = pixels[:5]  # data shorter than height * step
                     msg = Image(
@@ -86,7 +109,7 @@ def make_bag(
                         width=image_size,
                         encoding=encoding,
                         is_bigendian=0,
-                        step=image_size * 3,
+                        step=image_size * pixels.shape[2],
                         data=np.ascontiguousarray(pixels).reshape(-1),
                     )
                 messages.append((stamp + 2_000_000, conn, msg))

@@ -60,9 +60,14 @@ def train_config_from_args(stage: int, args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(stage: int, args: argparse.Namespace) -> int:
+    from training.feature_cache import CacheMissError
     from training.trainer import train
 
-    result = train(train_config_from_args(stage, args))
+    try:
+        result = train(train_config_from_args(stage, args))
+    except CacheMissError as error:
+        print(f"insertion_vla_train: error: {error}", file=sys.stderr)
+        return 2
     if result.final_checkpoint is not None:
         print(f"final checkpoint: {result.final_checkpoint}")
     elif not result.finished:

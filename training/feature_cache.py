@@ -87,8 +87,17 @@ class FeatureCache:
         self.reload()
 
     # ---- index -----------------------------------------------------------------------------------
+    def _owned(self, shard_name: str) -> bool:
+        """Whether this rank wrote the shard (only its own files are ever deleted)."""
+        return shard_name.startswith(f"shard-r{self.rank}-")
+
     def reload(self) -> None:
-        """Re-read every shard index (other ranks may have written shards)."""
+        """Re-read every shard index (other ranks may have written shards).
+
+        A shard without its index is a write in progress (another rank's, between the two renames of
+        :meth:`flush`) or one that never finished (this rank's, from a crash): only this rank's own are
+        deleted; another rank's are left alone and picked up by a later reload once their index lands.
+        """
         self._index.clear()
         self._shards.clear()
         self._verified.clear()
@@ -102,21 +111,24 @@ class FeatureCache:
                 self._discard(shard.name, "unreadable index")
                 continue
             if not shard.is_file():
-                self._discard(shard.name, "shard file missing")
+                self._discard(shard.name, "shard file missing", rebuild=self._owned(shard.name))
                 continue
             indexed.add(shard.name)
             self._shards[shard.name] = info
             for key in keys:
                 self._index[key] = shard.name
         for shard in self.directory.glob("shard-*.safetensors"):
-            if shard.name not in indexed:  # no committed index: a write that never finished
+            if shard.name not in indexed and self._owned(shard.name):  # this rank's write that never finished
                 self._discard(shard.name, "partial shard (no index)")
 
-    def _discard(self, shard_name: str, why: str) -> None:
-        LOG.warning("feature cache: discarding %s (%s); its entries will be rebuilt", shard_name, why)
-        self.stats["corrupt_shards"] += 1
-        for path in (self.directory / shard_name, (self.directory / shard_name).with_suffix(".json")):
-            path.unlink(missing_ok=True)
+    def _discard(self, shard_name: str, why: str, rebuild: bool = True) -> None:
+        """Forget a shard's entries; delete its files only if this rank wrote them."""
+        if rebuild:
+            LOG.warning("feature cache: discarding %s (%s); its entries will be rebuilt", shard_name, why)
+            self.stats["corrupt_shards"] += 1
+        if self._owned(shard_name):
+            for path in (self.directory / shard_name, (self.directory / shard_name).with_suffix(".json")):
+                path.unlink(missing_ok=True)
         info = self._shards.pop(shard_name, None)
         for key in (info or {}).get("keys", []):
             self._index.pop(key, None)
@@ -186,8 +198,8 @@ class FeatureCache:
         shard = self.directory / f"{name}.safetensors"
         tmp = self.directory / f".{name}.safetensors.tmp"
         save_file(self._pending, str(tmp), metadata={"fingerprint": self.fingerprint})
-        os.replace(tmp, shard)
-        info = {"keys": sorted(self._pending), "bytes": shard.stat().st_size, "sha256": _sha256_file(shard)}
+        info = {"keys": sorted(self._pending), "bytes": tmp.stat().st_size, "sha256": _sha256_file(tmp)}
+        os.replace(tmp, shard)  # the shard first, then its index: the index is the commit record
         _atomic_write_text(shard.with_suffix(".json"), json.dumps(info))
         self._shards[shard.name] = info
         for key in self._pending:

@@ -39,7 +39,7 @@ from training.dataset import (
     split_episodes,
 )
 from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
-from training.feature_cache import FeatureCache
+from training.feature_cache import CacheMissError, FeatureCache
 from training.features import FeatureSource, build_cache, pad_features
 from training.normalization import compute_normalization
 from training.run_log import RunLog
@@ -206,6 +206,8 @@ class Trainer:
             )
             barrier(self.info)
             cache.reload()
+        if cfg.cache_mode == "on" and not cfg.compute_on_miss:
+            self._require_cached(cache)
         has_vlm = self.policy.has_vlm
         return FeatureSource(
             "on" if cfg.cache_mode == "build" else cfg.cache_mode,
@@ -214,6 +216,19 @@ class Trainer:
             self.load_images,
             compute_on_miss=cfg.compute_on_miss,
         )
+
+    def _require_cached(self, cache: FeatureCache) -> None:
+        """Fail before the first step, in one line, when features are missing (or their shard is corrupt)."""
+        cache.verify()  # a corrupt shard is dropped here and its entries count as missing
+        missing = cache.missing(all_feature_refs(self.train_episodes + self.val_episodes))
+        if missing:
+            episodes = sorted({ref.episode for ref in missing})
+            shown = ", ".join(episodes[:5]) + (f" and {len(episodes) - 5} more" if len(episodes) > 5 else "")
+            raise CacheMissError(
+                f"{len(missing)} VL features missing from the cache {cache.directory} (episodes {shown}); "
+                "rebuild them with `insertion_vla_train build-cache --data ... --cache-dir ...`, or pass "
+                "--compute-on-miss to compute them during training"
+            )
 
     def _param_groups(self) -> list[dict[str, Any]]:
         groups = []

@@ -208,10 +208,39 @@ class ActionExpertNode(ManagedNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        """Clean up the same way, from any state."""
+        """From any state: tell the robot to hold (when commanding), then clean up."""
+        self.before_exit("shutdown: the shutdown transition was triggered")
         self.is_active = False
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
+
+    def before_exit(self, reason: str) -> None:
+        """A last zero HOLD chunk (and zero Twist) with ``reason``, waited for until delivered (<= 1 s).
+
+        Called before the process leaves (SIGINT, SIGTERM, a fatal error) and on the shutdown transition;
+        without it the last chunk on the wire could be an OK one with 0.8 s of motion.
+        """
+        from rclpy.duration import Duration
+
+        with self._tick_lock:
+            if not self.is_active or self.controller is None:
+                return  # inactive: deactivation already published a HOLD, and publishers are disabled
+            self.is_active = False
+            self._publish(self.controller.hold_result(self.get_clock().now().nanoseconds, reason))
+        for publisher in (self._chunk_pub, self._twist_pub, self._trajectory_pub):
+            if publisher is not None:
+                publisher.wait_for_all_acked(Duration(seconds=1.0))
+
+    def on_clock_jump(self, now_ns: int, backward: bool) -> None:
+        """Nothing received before a jump may shape a chunk after it; the jump is no lateness either."""
+        with self._tick_lock:
+            self.clock_grid.jumped(backward)
+            if self.controller is not None:
+                self.controller.time_jumped(now_ns, backward)
+            direction = "back" if backward else "forward"
+            self.get_logger().warning(
+                f"the clock jumped {direction}: inputs cleared", throttle_duration_sec=1.0
+            )
 
     def stop_workers(self) -> None:
         """Stop the feature encoder thread."""

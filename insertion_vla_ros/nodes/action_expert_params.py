@@ -12,7 +12,12 @@ from insertion_vla_ros.runtime.controller import DEFAULT_SENSOR_RATE_TOLERANCE
 from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
 
 PARAMETERS: list[ParamSpec] = [
-    ParamSpec("checkpoint", "", "Policy checkpoint directory (models.checkpoint layout).", read_only=True),
+    ParamSpec(
+        "checkpoint",
+        "",
+        "Policy checkpoint directory (models.checkpoint layout), loaded at configure: after a failed "
+        "configure, set another and configure again.",
+    ),
     ParamSpec("device", "cpu", "Torch device of the action expert, e.g. cpu or cuda:0.", read_only=True),
     ParamSpec(
         "torch_threads", 1, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256

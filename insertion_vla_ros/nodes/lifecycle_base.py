@@ -1,13 +1,28 @@
-"""Shared lifecycle plumbing of the two policy nodes: parameters, policy loading, auto start-up."""
+"""Shared lifecycle plumbing of the two policy nodes: parameters, policy loading, auto start-up, clock jumps.
+
+Configure refuses parameter names the node does not declare (a misspelt ``force_gaurd_n`` in a YAML
+would otherwise be ignored without a word and the guard stay at its default), naming the closest one.
+Clock jumps (a sim reset, a looping or seeking bag replay) reach :meth:`ManagedNode.on_clock_jump`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 
 from insertion_vla_ros.nodes.policy_loading import load_policy
-from insertion_vla_ros.ros_io.parameters import ParamSpec, declare_parameters, make_set_parameters_validator
+from insertion_vla_ros.ros_io.parameters import (
+    ParamSpec,
+    declare_parameters,
+    make_set_parameters_validator,
+    unknown_parameter_names,
+)
+
+FORWARD_JUMP_S = 1.0
+"""A forward step of the clock at least this long is a jump, not time passing (sim /clock steps are ms)."""
 
 
 class ManagedNode(LifecycleNode):
@@ -30,6 +45,39 @@ class ManagedNode(LifecycleNode):
         if has_post_set:
             self.add_post_set_parameters_callback(self._after_set_parameters)
         self.is_active = False
+        self.last_error = ""
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(
+                min_forward=Duration(seconds=FORWARD_JUMP_S), min_backward=Duration(nanoseconds=-1)
+            ),
+            post_callback=self._on_time_jump,
+        )
+
+    def _on_time_jump(self, jump: Any) -> None:
+        delta_ns = int(jump.delta.nanoseconds)
+        now_ns = self.get_clock().now().nanoseconds
+        if delta_ns > 0 and now_ns - delta_ns <= 0:
+            return  # sim time starting (from 0 to the first /clock): not a jump of a running clock
+        self.on_clock_jump(now_ns, backward=delta_ns < 0)
+
+    def on_clock_jump(self, now_ns: int, backward: bool) -> None:
+        """The node's clock jumped back (any amount) or forward (>= ``FORWARD_JUMP_S``): hook."""
+
+    def parameter_name_problem(self) -> str:
+        """A configure error when the node was given parameter names it does not declare, else ``""``."""
+        unknown = unknown_parameter_names(self._parameter_overrides, self.param_specs)
+        if not unknown:
+            return ""
+        return f"unknown parameter(s) for {self.get_name()}: {', '.join(unknown)}"
+
+    def check_configuration(self) -> bool:
+        """Run at the start of configure: False (error logged, in ``last_error``) on unknown names."""
+        problem = self.parameter_name_problem()
+        if problem:
+            self.last_error = problem
+            self.get_logger().error(problem)
+            return False
+        return True
 
     @property
     def autostart(self) -> bool:
@@ -52,6 +100,8 @@ class ManagedNode(LifecycleNode):
         then fails) instead of raising.
         """
         p = self.params
+        if not self.check_configuration():
+            return False
         try:
             self.policy = load_policy(
                 p["checkpoint"], device=p["device"], load_vlm=load_vlm, torch_threads=p["torch_threads"]
@@ -62,6 +112,7 @@ class ManagedNode(LifecycleNode):
             self.get_logger().error(self.last_error)
             self.policy = None
             return False
+        self.last_error = ""
         self.get_logger().info(f"policy loaded: fingerprint {self.policy.fingerprint}")
         return True
 
@@ -73,6 +124,9 @@ class ManagedNode(LifecycleNode):
 
     def stop_workers(self) -> None:
         """Stop background threads before the process exits (subclasses override)."""
+
+    def before_exit(self, reason: str) -> None:
+        """Last words while the ROS context is still valid (the action expert publishes a final HOLD)."""
 
     # Lifecycle publishers are enabled/disabled by the base class: always call super() (DESIGN.md).
     def on_activate(self, state: State) -> TransitionCallbackReturn:

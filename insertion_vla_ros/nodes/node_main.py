@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 # Errors that mean "this node cannot start as configured": printed as one line, exit code 1, no traceback.
 STARTUP_ERRORS: tuple[type[BaseException], ...] = (ValueError, ImportError, FileNotFoundError)
+
+
+SIGNAL_POLL_S = 0.2
+"""Longest the executor waits before Python can handle a signal (sim-time timers may never fire)."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_lifecycle_node(
@@ -17,18 +26,24 @@ def run_lifecycle_node(
 
     The executor is single-threaded unless the node's ``executor_threads`` parameter asks for more.
 
-    A parameter, checkpoint or interface error raised while constructing prints ``<prog>: error: ...``
-    and returns 1. With the node's ``autostart`` parameter, configure and activate run before spinning
-    and a failed transition returns 1. SIGINT/SIGTERM shut down cleanly and return 0.
+    A parameter or interface error raised while constructing prints ``<prog>: error: ...`` and returns 1.
+    With the node's ``autostart`` parameter, configure and activate run before spinning and a failed
+    transition returns 1. SIGINT/SIGTERM stop spinning and return 0; an exception escaping a callback
+    returns 1. Either way :meth:`ManagedNode.before_exit` runs while the ROS context is still valid (rclpy's
+    own signal handlers would shut it down first), so the action expert's final HOLD reaches the robot.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     prog = sys.argv[0].rsplit("/", 1)[-1] or "node"
-    rclpy.init(args=list(args) if args is not None else None)
+    rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     executor = None
     code = 0
+    reason = "shutdown: the process was asked to stop"
     try:
         try:
             node = factory()
@@ -36,7 +51,7 @@ def run_lifecycle_node(
             print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
             return 1
         if node.autostart and not node.start_up():
-            print(f"{prog}: error: could not configure and activate (see the log above)", file=sys.stderr)
+            print(f"{prog}: error: could not configure and activate: {node.last_error}", file=sys.stderr)
             return 1
         threads = int(getattr(node, "params", {}).get("executor_threads", num_threads))
         # rclpy's MultiThreadedExecutor busy-waits while a callback group is busy and then starves the other
@@ -44,14 +59,24 @@ def run_lifecycle_node(
         # nodes keep every callback short (the VLM runs in its own thread), so one thread is the default.
         executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while True:  # a bounded wait: with rclpy's handlers off, Python must get to run SIGINT/SIGTERM
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+    except KeyboardInterrupt as interrupt:
+        reason = f"shutdown: {interrupt.args[0] if interrupt.args else 'SIGINT'}"
+    except ExternalShutdownException:
         code = 0
-    except Exception:
-        if rclpy.ok():
-            raise
-        code = 0  # SIGINT/SIGTERM shut the context down under a spinning executor: a clean stop
+    except Exception as error:  # noqa: BLE001 - reported after the robot was told to hold
+        code = 1
+        reason = f"shutdown: fatal error: {type(error).__name__}: {error}"
+        print(f"{prog}: fatal error: {error!r}", file=sys.stderr, flush=True)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final HOLD short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if node is not None and rclpy.ok():
+            try:
+                node.before_exit(reason)
+            except Exception as error:  # noqa: BLE001 - best effort, never a traceback
+                print(f"{prog}: could not publish the final state: {error}", file=sys.stderr)
         if node is not None:
             try:
                 node.stop_workers()

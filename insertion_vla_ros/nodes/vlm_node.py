@@ -50,7 +50,12 @@ NODE_NAME = "vlm_node"
 DEFAULT_INSTRUCTION = "Insert the needle into the target."
 
 PARAMETERS: list[ParamSpec] = [
-    ParamSpec("checkpoint", "", "Policy checkpoint directory (models.checkpoint layout).", read_only=True),
+    ParamSpec(
+        "checkpoint",
+        "",
+        "Policy checkpoint directory (models.checkpoint layout), loaded at configure: after a failed "
+        "configure, set another and configure again.",
+    ),
     ParamSpec("device", "cpu", "Torch device of the VLM, e.g. cpu or cuda:0.", read_only=True),
     ParamSpec(
         "torch_threads", 0, "Torch CPU threads (0: torch default).", read_only=True, minimum=0, maximum=256
@@ -153,9 +158,12 @@ class VlmNode(ManagedNode):
         self.failed_sets = 0
         self.skipped_same_set = 0
         self.decode_errors = 0
+        self.attempts = 0
+        self.failures_since_publish = 0
         self.last_error = ""
         # worker hand-off: at most one pending request, never a queue (the rule the simulated VLM shares)
         self.schedule = VlmSchedule()
+        self._generation = 0  # bumped by a clock jump: an inference started before it is not published
         self._request = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -215,6 +223,13 @@ class VlmNode(ManagedNode):
         self._worker.start()
         self._timer = self.create_timer(p["vlm_period_s"], self._on_period, callback_group=camera_group)
         return TransitionCallbackReturn.SUCCESS
+
+    def on_clock_jump(self, now_ns: int, backward: bool) -> None:
+        """Images from before a jump belong to another timeline: forget them, drop a running inference."""
+        self.queues.clear()
+        self.last_used_stamps = None
+        self._generation += 1
+        self.get_logger().warning("the clock jumped: camera images cleared", throttle_duration_sec=1.0)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Stop scheduling: a pending request is dropped and nothing is published while inactive."""
@@ -307,6 +322,7 @@ class VlmNode(ManagedNode):
                 if self.is_active:  # a request that outlived deactivation is dropped
                     self._run_inference()
             except Exception as error:  # noqa: BLE001 - keep the worker alive, report in diagnostics
+                self.failures_since_publish += 1
                 self.last_error = f"inference failed: {error}"
                 if not self._stop.is_set():
                     self.get_logger().error(self.last_error)
@@ -316,6 +332,7 @@ class VlmNode(ManagedNode):
 
     def _run_inference(self) -> None:
         p = self.params
+        generation = self._generation
         now_ns = self.get_clock().now().nanoseconds
         selection = self.queues.select(
             int(p["camera_slop_s"] * NS_PER_S),
@@ -333,10 +350,12 @@ class VlmNode(ManagedNode):
         messages = self.queues.items(selection.stamps_ns)
         if messages is None:
             return
+        self.attempts += 1
         try:
             images = [any_image_msg_to_rgb(msg) for msg in messages]
         except ValueError as error:
             self.decode_errors += 1
+            self.failures_since_publish += 1
             self.last_error = f"image decode: {error}"
             self.get_logger().error(self.last_error, throttle_duration_sec=5.0)
             return
@@ -363,10 +382,11 @@ class VlmNode(ManagedNode):
             model_fingerprint=policy.fingerprint,
             inference_time_s=latency,
         )
-        if not self.is_active or self._publisher is None:
-            return
+        if not self.is_active or self._publisher is None or generation != self._generation:
+            return  # deactivated meanwhile, or the clock jumped: these images are from another timeline
         self._publisher.publish(msg)
         self.sequence += 1
+        self.failures_since_publish = 0
         self.last_used_stamps = dict(selection.stamps_ns)
         self.last_latency_s = latency
         publish_ns = self.get_clock().now().nanoseconds
@@ -440,8 +460,13 @@ class VlmNode(ManagedNode):
                 "state": reason or "running",
             }
         )
+        features.values["inference attempts"] = self.attempts
+        features.values["failed since last published"] = self.failures_since_publish
         if self.last_error:
             features.values["last error"] = self.last_error
+        if self.is_active and self.failures_since_publish:
+            # a rate met by features published before the failures began says nothing about now
+            features.merge(Level.ERROR, f"{self.failures_since_publish} attempts failed: {self.last_error}")
         if self.is_active and self.sequence == 0 and selection is not None and selection.ok:
             features.merge(Level.WARN, "no features published yet")
         self.diagnostics_pub.publish(

@@ -134,6 +134,7 @@ def _sensor_task(
             "out of order samples": stats.out_of_order_samples,
             "non-finite samples": stats.nonfinite_samples,
             "stream resets (clock jumps)": stats.resets,
+            "stream jumps (stamps)": stats.stream_jumps,
         },
     )
     if controller.settings.state_dim:

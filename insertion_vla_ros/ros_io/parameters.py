@@ -164,6 +164,28 @@ def make_set_parameters_validator(
     return validate
 
 
+BUILT_IN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+"""Parameters rclpy declares on every node itself."""
+
+
+def unknown_parameter_names(overrides: Iterable[str], specs: Iterable[ParamSpec]) -> list[str]:
+    """Names given to a node (YAML section, ``/**`` or ``-p``) that it does not declare, each with a hint.
+
+    ``qos_overrides.*`` (rclpy's QoS parameter overrides) and rclpy's own parameters are known. A hint
+    names the closest declared name: ``'force_gaurd_n' (did you mean 'force_guard_n'?)``.
+    """
+    import difflib
+
+    declared = {spec.name for spec in specs} | BUILT_IN_PARAMETERS
+    problems = []
+    for name in sorted(set(overrides) - declared):
+        if name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, sorted(declared), n=1)
+        problems.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return problems
+
+
 def runtime_param_specs(hardware_id: str, status_period_s: float) -> list[ParamSpec]:
     """Parameters both policy nodes declare: monitoring periods, hardware id, executor and autostart."""
     return [

@@ -159,6 +159,13 @@ class CameraQueues:
             while len(stamps) > self.depth:
                 items.pop(stamps.pop(0))
 
+    def clear(self) -> None:
+        """Forget every stored image (a clock jump: their stamps belong to another timeline)."""
+        with self._lock:
+            for name in self.camera_names:
+                self._stamps[name].clear()
+                self._items[name].clear()
+
     def select(
         self, slop_ns: int, *, now_ns: int | None = None, max_age_ns: int | None = None
     ) -> CameraSetSelection:

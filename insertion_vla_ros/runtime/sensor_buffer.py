@@ -3,11 +3,13 @@
 Messages carry 1..N consecutive samples; each sample's stamp is ``first + i / rate``. The buffer keeps the
 stream in stamp order and counts what it drops, each reason on its own: a sample whose stamp equals a
 stored one is a duplicate, an older one is out of order; a jump of more than 1.5 sample periods counts the
-samples missing in between as a gap. ``clear()`` (a clock jump) starts a new stream: the step across it is
-no gap. Non-finite samples are stored (the window reports them) and counted. ``window(t, W)`` returns the
-W newest samples with stamp <= t, plus what is wrong with them, if anything: incomplete, stale, gappy,
-non-finite, or a sensor rate (declared by the stream, or measured over the window) that differs from the
-expected one by more than ``rate_tolerance``.
+samples missing in between as a gap. ``clear()`` (a clock jump) starts a new stream, and so does a step of
+the stamps by more than ``STREAM_JUMP_S`` either way (its samples may arrive before the clock's jump is
+seen): the step across it is neither a gap nor out of order, it is counted as a stream jump. Non-finite
+samples are stored (the window reports them) and counted. ``window(t, W)`` returns the W newest samples
+with stamp <= t, plus what is wrong with them, if anything: incomplete, stale, gappy, non-finite, or a
+sensor rate (declared by the stream, or measured over the window) that differs from the expected one by
+more than ``rate_tolerance``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from contracts.constants import NS_PER_S
+
+STREAM_JUMP_S = 1.0
+"""A step of the stamps larger than this (either way) starts a new stream instead of counting losses."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class SensorStats:
     duplicate_samples: int = 0
     nonfinite_samples: int = 0
     resets: int = 0
+    stream_jumps: int = 0
+    """Times the stamps jumped by more than ``STREAM_JUMP_S`` (a new stream starts, nothing is lost)."""
     declared_rate_hz: float = float("nan")
     """Rate the newest message declared (``SensorSamples.sample_rate_hz``), NaN when none did."""
 
@@ -65,7 +72,12 @@ class SensorRingBuffer:
     """Fixed-capacity, thread-safe store of the newest sensor samples in stamp order."""
 
     def __init__(
-        self, capacity: int, channels: int, sample_rate_hz: float, rate_tolerance: float | None = None
+        self,
+        capacity: int,
+        channels: int,
+        sample_rate_hz: float,
+        rate_tolerance: float | None = None,
+        jump_s: float = STREAM_JUMP_S,
     ) -> None:
         if capacity < 1 or channels < 1:
             raise ValueError(f"capacity and channels must be >= 1, got {capacity}, {channels}")
@@ -76,6 +88,7 @@ class SensorRingBuffer:
         self.sample_rate_hz = float(sample_rate_hz)
         self.period_ns = NS_PER_S / self.sample_rate_hz
         self.rate_tolerance = rate_tolerance
+        self.jump_ns = int(jump_s * NS_PER_S)
         self._data = np.zeros((self.capacity, self.channels), dtype=np.float32)
         self._stamps = np.zeros(self.capacity, dtype=np.int64)
         self._finite = np.ones(self.capacity, dtype=bool)
@@ -119,6 +132,11 @@ class SensorRingBuffer:
             if declared_rate_hz is not None:
                 self.stats.declared_rate_hz = float(declared_rate_hz)
             newest = int(self._stamps[(self._next - 1) % self.capacity]) if self._size else None
+            if newest is not None and stamps_ns.size and abs(int(stamps_ns[0]) - newest) > self.jump_ns:
+                # the stream itself jumped (a sim reset, a bag loop, a clock jump): a new stream, whose
+                # step from the old one is neither lost samples nor out of order
+                self.stats.stream_jumps += 1
+                self._next, self._size, newest = 0, 0, None
             keep = np.ones(stamps_ns.shape[0], dtype=bool)
             duplicate = np.zeros(stamps_ns.shape[0], dtype=bool)
             if newest is not None:

@@ -35,6 +35,7 @@ PARAMETERS = [
     ),
     ParamSpec("image_size", 112, "Square image side, pixels.", read_only=True, minimum=8, maximum=4096),
     ParamSpec("stopped_cameras", "", "Comma-separated cameras that publish nothing (dynamic)."),
+    ParamSpec("corrupt_images", False, "Publish truncated images that cannot be decoded (dynamic)."),
     ParamSpec("sensor_topic", topics.SENSOR_TOPIC, "SensorSamples topic.", read_only=True),
     ParamSpec(
         "sensor_rate_hz", SENSOR_RATE_HZ, "Sample rate.", read_only=True, minimum=1.0, maximum=100000.0
@@ -47,6 +48,14 @@ PARAMETERS = [
         "sensor_enabled", True, "Publish sensor samples (dynamic; samples skipped while off are lost)."
     ),
     ParamSpec("sensor_nan", False, "Put NaN into channel 0 of every sample (dynamic)."),
+    ParamSpec("force_n", 0.0, "Channel 0 (force) held at this value, N; 0: noise like the rest (dynamic)."),
+    ParamSpec(
+        "declared_rate_hz",
+        0.0,
+        "Rate the messages claim (stamps follow it); 0: the true sensor_rate_hz (dynamic).",
+        minimum=0.0,
+        maximum=100000.0,
+    ),
     ParamSpec(
         "pose_topic", topics.POSE_TOPIC, "PoseStamped topic of the (fixed) robot pose.", read_only=True
     ),
@@ -73,7 +82,7 @@ class SyntheticInputs(Node):
             rgb[:, :, index % 3] = 40 * index  # a different picture per camera
             self.frames[name] = rgb_to_image_msg(rgb, stamp_ns=0, frame_id=name)
             self.camera_pubs[name] = self.create_publisher(
-                Image, f"/cameras/{name}/image_raw", qos_profile_sensor_data
+                Image, topics.camera_topic(name), qos_profile_sensor_data
             )
         self.sensor_pub = self.create_publisher(
             interfaces.SensorSamples,
@@ -94,6 +103,16 @@ class SyntheticInputs(Node):
         self.pose.pose.position.z = 0.005  # 5 mm above the surface, needle pointing down
         self.pose.pose.orientation.w = 1.0
         self.create_timer(1.0 / p["pose_rate_hz"], self._publish_pose)
+        from rclpy.clock import JumpThreshold
+        from rclpy.duration import Duration
+
+        self._jump_handle = self.get_clock().create_jump_callback(  # a sim reset restarts the streams
+            JumpThreshold(min_forward=Duration(seconds=1.0), min_backward=Duration(nanoseconds=-1)),
+            post_callback=self._on_jump,
+        )
+
+    def _on_jump(self, jump: Any) -> None:
+        self.sensor_start_ns, self.sample_index = None, 0
 
     def _on_set(self, parameters: list[Any]) -> Any:
         result = make_set_parameters_validator(PARAMETERS)(parameters)
@@ -110,6 +129,10 @@ class SyntheticInputs(Node):
         for name, msg in self.frames.items():
             if name in stopped:
                 continue
+            if self.params["corrupt_images"]:  # height x step promises more bytes than the data holds
+                broken = type(msg)(height=msg.height, width=msg.width, encoding=msg.encoding, step=msg.step)
+                broken.data = bytes(msg.data)[: len(msg.data) // 2]
+                msg = broken
             msg.header.stamp = ns_to_stamp(now_ns)
             self.camera_pubs[name].publish(msg)
         self.frames_published += 1
@@ -137,11 +160,14 @@ class SyntheticInputs(Node):
                 continue
             rows = np.arange(first, first + batch) % self.samples.shape[0]
             data = self.samples[rows]
-            if self.params["sensor_nan"]:
+            if self.params["sensor_nan"] or self.params["force_n"]:
                 data = data.copy()
-                data[:, 0] = np.nan
+                data[:, 0] = np.nan if self.params["sensor_nan"] else float(self.params["force_n"])
             stamp_ns = self.sensor_start_ns + round(first * NS_PER_S / rate)
-            self.sensor_pub.publish(sensor_samples_to_msg(data, first_stamp_ns=stamp_ns, sample_rate_hz=rate))
+            claimed = float(self.params["declared_rate_hz"]) or rate
+            self.sensor_pub.publish(
+                sensor_samples_to_msg(data, first_stamp_ns=stamp_ns, sample_rate_hz=claimed)
+            )
             self.samples_published += batch
 
 

@@ -6,8 +6,10 @@ The same nodes and parameters as ``launch/insertion_vla.launch.py``, for hosts w
             [--remap /cameras/view1/image_raw:=/rig/cam1 ...] [--vlm-param vlm_period_s:=1.0]
 
 SIGINT/SIGTERM are forwarded to both nodes (started in their own sessions, so a terminal's Ctrl-C reaches
-them once, through here); bringup exits 0 when both stopped cleanly. If one node dies, the other is
-stopped and bringup exits with that node's code.
+them once, through here); bringup exits 0 when both stopped cleanly. A node that dies is reported and the
+other keeps running (the action expert HOLDs on stale features, as with separate processes); with
+``--respawn`` (like launch's ``respawn``) the dead node is started again after ``--respawn-delay`` s.
+bringup then exits 1 at the end, naming every node that died.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME:=VALUE",
         help="parameter override, action_expert_node",
     )
+    parser.add_argument(
+        "--respawn", action="store_true", help="restart a node that dies (like launch's respawn=True)"
+    )
+    parser.add_argument(
+        "--respawn-delay", type=float, default=2.0, help="seconds before a dead node is restarted (default 2)"
+    )
     args = parser.parse_args(argv)
     if args.params_file is None:
         args.params_file = default_params_file()
@@ -123,7 +131,7 @@ def _stop(processes: dict[str, subprocess.Popen]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run both nodes until SIGINT/SIGTERM or until one of them exits."""
+    """Run both nodes until SIGINT/SIGTERM; report (and with ``--respawn`` restart) a node that dies."""
     args = parse_args(argv)
     stop_requested = False
 
@@ -134,24 +142,44 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     processes: dict[str, subprocess.Popen] = {}
-    for node in NODES:
+
+    def start(node: str) -> None:
         command = node_command(node, args)
         print(f"bringup: starting {node}: {' '.join(command)}", file=sys.stderr, flush=True)
         processes[node] = subprocess.Popen(command, start_new_session=True, env=os.environ.copy())
-    failed: tuple[str, int] | None = None
-    while not stop_requested and failed is None:
-        for name, process in processes.items():
+
+    for node in NODES:
+        start(node)
+    deaths: dict[str, list[int]] = {}
+    restart_at: dict[str, float] = {}
+    while not stop_requested:
+        for name, process in list(processes.items()):
             code = process.poll()
-            if code is not None:
-                failed = (name, code)
-                break
+            if code is None or name in restart_at:
+                continue
+            deaths.setdefault(name, []).append(code)
+            others = ", ".join(n for n, p in processes.items() if n != name and p.poll() is None) or "none"
+            plan = f"restarting it in {args.respawn_delay:g} s" if args.respawn else "not restarting it"
+            print(
+                f"bringup: {name} exited with code {code}; {plan} (still running: {others})",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.respawn:
+                restart_at[name] = time.monotonic() + args.respawn_delay
+        for name, when in list(restart_at.items()):
+            if time.monotonic() >= when:
+                del restart_at[name]
+                start(name)
+        if not args.respawn and all(p.poll() is not None for p in processes.values()):
+            break
         time.sleep(0.1)
-    codes = _stop(processes)
-    if failed is not None:
-        name, code = failed
-        print(f"bringup: {name} exited with code {code}; stopped the other node", file=sys.stderr)
-        raise SystemExit(code or 1)
+    codes = _stop({n: p for n, p in processes.items() if p.poll() is None})
     bad = {name: code for name, code in codes.items() if code != 0}
+    if deaths:
+        report = ", ".join(f"{name} ({len(c)}x, last code {c[-1]})" for name, c in deaths.items())
+        print(f"bringup: nodes that died: {report}", file=sys.stderr)
+        raise SystemExit(1)
     if bad:
         print(f"bringup: nodes exited with errors: {bad}", file=sys.stderr)
         raise SystemExit(1)
