@@ -35,6 +35,7 @@ setup(
         "matplotlib>=3.6",
         "tensorboard>=2.14",
         "rosbags>=0.10",
+        "h5py>=3.8",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.5"]},
     zip_safe=True,

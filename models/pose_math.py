@@ -103,6 +103,15 @@ def euler_to_matrix(angles_rad: np.ndarray, convention: str = "ZYZ") -> np.ndarr
     return result
 
 
+def extrinsic_euler_to_matrix(angles_rad: np.ndarray, axes: str) -> np.ndarray:
+    """Extrinsic (fixed-axis) Euler angles (..., 3) -> rotation matrices, e.g. scipy's lowercase "xyz".
+
+    Rotating about fixed axes a, b, c by angles (p, q, r) is the intrinsic sequence c, b, a by (r, q, p).
+    """
+    angles_rad = np.asarray(angles_rad, dtype=np.float64)
+    return euler_to_matrix(angles_rad[..., ::-1], axes[::-1])
+
+
 def rotvec_to_quaternion(rotvec: np.ndarray) -> np.ndarray:
     """Rotation vectors (..., 3) -> unit quaternions (..., 4) in ROS order ``[x, y, z, w]``."""
     rotvec = np.asarray(rotvec, dtype=np.float64)

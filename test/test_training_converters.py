@@ -110,7 +110,7 @@ def test_legacy_clean(legacy_report):
     assert entries["clean"].status == "converted" and entries["clean"].repairs == []
     episode = Episode(root / "out" / "Red_point__data_collection_clean")
     _check_motion(episode, int(1_700_000_000 * NS_PER_S))
-    assert episode.instruction == "Perform Red_point insertion task"
+    assert episode.instruction == "Perform Red point insertion task"
     assert episode.sensor.shape[1] == 1026 and episode.cameras == [
         "View1",
         "View2",
@@ -118,7 +118,8 @@ def test_legacy_clean(legacy_report):
         "View4",
         "View5",
     ]
-    assert episode.meta["metadata"]["euler_convention"] == "ZYZ"
+    assert episode.meta["metadata"]["euler_convention"] == "intrinsic-XYZ"  # the Meca500's, by default
+    assert episode.meta["metadata"]["layout"] == "v3"
 
 
 def test_legacy_bad_data_reported(legacy_report):
@@ -131,7 +132,7 @@ def test_legacy_bad_data_reported(legacy_report):
     for name in ("unreadable_frame", "nan_sensor", "non_monotonic"):
         assert entries[name].status == "converted"
         episode = Episode(root / "out" / f"Blue_point__data_collection_{name}")
-        assert episode.problems() == [] and episode.instruction == "Perform Blue_point insertion task"
+        assert episode.problems() == [] and episode.instruction == "Perform Blue point insertion task"
         assert episode.meta["metadata"]["repairs"] == entries[name].repairs
     assert "3 skipped" not in report.summary() and "2 skipped" in report.summary()
 
@@ -139,9 +140,9 @@ def test_legacy_bad_data_reported(legacy_report):
 def test_legacy_euler_convention_is_an_option(legacy_report, tmp_path):
     root, _, _ = legacy_report
     session = root / "in" / "Red_point" / "data_collection_clean"
-    convert_legacy(session, tmp_path, LegacyOptions(euler_convention="XYZ"), progress=False)
+    convert_legacy(session, tmp_path, LegacyOptions(euler_convention="intrinsic-ZYZ"), progress=False)
     episode = Episode(tmp_path / "Red_point__data_collection_clean")
-    assert episode.meta["metadata"]["euler_convention"] == "XYZ"
+    assert episode.meta["metadata"]["euler_convention"] == "intrinsic-ZYZ"
     assert not np.allclose(episode.pose[:, 3:6], Episode(root / "out" / episode.name).pose[:, 3:6])
 
 
@@ -170,12 +171,15 @@ def test_cli_converters(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 1 and "too short" in out and "SKIPPED" in out
-    code = main(["convert-legacy", str(tmp_path / "legacy"), str(tmp_path / "eps"), "--euler", "ZYX"])
+    code = main(
+        ["convert-legacy", str(tmp_path / "legacy"), str(tmp_path / "eps"), "--euler", "intrinsic-ZYX"]
+    )
     assert (
         code == 0
         and Episode(tmp_path / "eps" / "Red_point__data_collection_s1").meta["metadata"]["euler_convention"]
-        == "ZYX"
+        == "intrinsic-ZYX"
     )
+    assert "intrinsic-ZYX" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

@@ -148,18 +148,23 @@ def _cmd_convert_bag(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_legacy(args: argparse.Namespace) -> int:
-    from training.convert_legacy import LegacyOptions, convert_legacy
+    from training.convert_legacy import LegacyOptions, convert_legacy, legacy_summary
     from training.episode_builder import CleaningPolicy
 
     options = LegacyOptions(
-        views=tuple(args.views),
+        views=tuple(args.views) if args.views else None,
         euler_convention=args.euler,
         pose_stamp_column=args.pose_stamp_column,
         time_unit=args.time_unit,
         gripper=args.gripper,
+        layout=args.layout,
+        task=args.task,
+        task_verbatim=args.task_verbatim,
+        zed_side=args.zed_side,
+        sensor_rate_hz=args.sensor_rate_hz,
     )
     report = convert_legacy(args.input, args.output, options, _policy(args, CleaningPolicy))
-    print(report.summary())
+    print(legacy_summary(report, options, args.input))
     return 0 if report.converted else 1
 
 
@@ -208,11 +213,39 @@ def make_parser() -> argparse.ArgumentParser:
     bag.add_argument("--instruction-topic", default=None)
     bag.add_argument("--instruction", default=None, help="used when a bag has no instruction message")
     bag.add_argument("--msg-dir", type=Path, default=None, help="folder of insertion_vla_msgs *.msg files")
-    legacy = sub.add_parser("convert-legacy", help="original <Task>/data_collection_<ts> layout -> episodes")
+    from contracts.constants import SENSOR_RATE_HZ
+    from training.legacy_options import DEFAULT_EULER, LAYOUTS, ZED_SIDES, euler_convention_arg
+
+    legacy = sub.add_parser(
+        "convert-legacy",
+        help="the original recordings (v1 recv_all_*, v3 data_collection_*, v4 *.h5) -> episodes",
+    )
     _add_cleaning_flags(legacy)
-    legacy.add_argument("--views", nargs="+", default=["View1", "View2", "View3", "View4", "View5"])
     legacy.add_argument(
-        "--euler", default="ZYZ", help="intrinsic Euler convention of pose_a/b/r (default ZYZ)"
+        "--views", nargs="+", default=None, help="camera names in model order (default: View1..5; v4: all)"
+    )
+    legacy.add_argument(
+        "--euler",
+        type=euler_convention_arg,
+        default=DEFAULT_EULER,
+        help=f"Euler convention of the pose angles, e.g. intrinsic-XYZ or extrinsic-xyz "
+        f"(default {DEFAULT_EULER}, the Meca500's)",
+    )
+    legacy.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS], help="force one layout")
+    legacy.add_argument(
+        "--task", default=None, help="task name for the instruction (default: from the folders)"
+    )
+    legacy.add_argument(
+        "--task-verbatim", action="store_true", help="keep the folder name's underscores in the instruction"
+    )
+    legacy.add_argument(
+        "--zed-side", default="left", choices=list(ZED_SIDES), help="v1 ZED stereo image to use"
+    )
+    legacy.add_argument(
+        "--sensor-rate-hz",
+        type=float,
+        default=SENSOR_RATE_HZ,
+        help=f"places v4 sensor samples whose stamps are float32 (default {SENSOR_RATE_HZ:g})",
     )
     legacy.add_argument("--pose-stamp-column", default="origin_timestamp")
     legacy.add_argument("--time-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"])

@@ -2,7 +2,8 @@
 
 ``defect`` injects one bad-data case: ``missing_camera``, ``unreadable_frame``, ``non_monotonic``,
 ``nan_sensor``, ``too_short``; ``None`` writes a clean session. Poses follow
-:func:`training.fixtures.synthetic_pose`, written as ZYZ Euler angles in degrees.
+:func:`training.fixtures.synthetic_pose`, written as the Meca500 writes them: mm and intrinsic x-y'-z''
+Euler angles in degrees. :mod:`training.legacy_fixture_layouts` writes each original layout byte for byte.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from training.fixtures import synthetic_frame, synthetic_pose
 DEFECTS = ("missing_camera", "unreadable_frame", "non_monotonic", "nan_sensor", "too_short")
 
 
-def matrix_to_zyz(matrix: np.ndarray) -> np.ndarray:
-    """Intrinsic ZYZ Euler angles (rad) of rotation matrices [..., 3, 3] (non-degenerate case)."""
-    beta = np.arccos(np.clip(matrix[..., 2, 2], -1.0, 1.0))
-    alpha = np.arctan2(matrix[..., 1, 2], matrix[..., 0, 2])
-    gamma = np.arctan2(matrix[..., 2, 1], -matrix[..., 2, 0])
+def matrix_to_meca500(matrix: np.ndarray) -> np.ndarray:
+    """Meca500 alpha, beta, gamma (rad) of rotation matrices [..., 3, 3]: R = Rx(a) Ry(b) Rz(g), |b| < 90."""
+    beta = np.arcsin(np.clip(matrix[..., 0, 2], -1.0, 1.0))
+    alpha = np.arctan2(-matrix[..., 1, 2], matrix[..., 2, 2])
+    gamma = np.arctan2(-matrix[..., 0, 1], matrix[..., 0, 0])
     return np.stack([alpha, beta, gamma], axis=-1)
 
 
@@ -59,7 +60,7 @@ def make_legacy_session(
             path.write_bytes(data)
     pose_t = np.arange(0.0, duration_s, 0.01)
     poses = synthetic_pose(pose_t, speed)
-    euler = np.rad2deg(matrix_to_zyz(rotvec_to_matrix(poses[:, 3:6])))
+    euler = np.rad2deg(matrix_to_meca500(rotvec_to_matrix(poses[:, 3:6])))
     lines = [
         "recv_timestamp,origin_timestamp,send_timestamp,force,"
         "joint_1,joint_2,joint_3,joint_4,joint_5,joint_6,pose_x,pose_y,pose_z,pose_a,pose_b,pose_r"
