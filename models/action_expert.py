@@ -5,8 +5,9 @@ Three stages, split so the expensive VL side runs once per VL feature rather tha
 1. ``encode_vl`` (cacheable): a latent resampler — ``vl_latents`` learned queries cross-attend to the
    projected VL tokens ``[B, T, Hvl]`` — compresses ~1500 x 2048 features to ``[B, vl_latents, d]``. It
    depends on nothing but the features, so one result serves all ~17 ticks that reuse them.
-2. ``context``: a small transformer encoder over ``[age token, (state token,) sensor tokens, VL latents]``;
-   the state token embeds the measured robot pose when ``state_dim > 0``.
+2. ``context``: a small transformer encoder over ``[age token, (state token,) (motion token,) sensor
+   tokens, VL latents]``; the state token embeds the measured robot pose when ``state_dim > 0``, the motion
+   token the robot's pose change since the features' capture when ``motion_input``.
 3. a head, decoding ``horizon`` action tokens that cross-attend to the context:
    * ``regression``: learned step queries, one pass, trained with masked MSE;
    * ``flow`` (rectified flow matching): tokens embed a noisy chunk x_t and the time t; the decoder
@@ -25,6 +26,9 @@ import torch
 from torch import nn
 
 from models.config import ActionExpertConfig
+
+MOTION_DIM = 6
+"""Motion since capture: translation (mm) and rotation vector (rad) of pose(t) relative to pose(capture)."""
 
 
 def _encoder_layer(cfg: ActionExpertConfig) -> nn.TransformerEncoderLayer:
@@ -118,6 +122,10 @@ class ActionExpert(nn.Module):
         if cfg.state_dim:
             self.state_embed = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
             self.state_type = nn.Parameter(torch.randn(d) * 0.02)
+        self.motion_embed = None
+        if cfg.motion_input:
+            self.motion_embed = nn.Sequential(nn.Linear(MOTION_DIM, d), nn.GELU(), nn.Linear(d, d))
+            self.motion_type = nn.Parameter(torch.randn(d) * 0.02)
 
     # ------------------------------------------------------------------------------------ building blocks
     def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,17 +143,23 @@ class ActionExpert(nn.Module):
         sensor_tokens: torch.Tensor,
         age: torch.Tensor,
         state: torch.Tensor | None = None,
+        motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fuse ``[age, (state,) sensor tokens, VL latents]`` -> ``[B, 1 (+1) + S + L, d]``.
+        """Fuse ``[age, (state,) (motion,) sensor tokens, VL latents]`` -> ``[B, 1 (+2) + S + L, d]``.
 
-        ``state`` is the normalised robot state ``[B, state_dim]``; it is required exactly when the config
-        has ``state_dim > 0``.
+        ``state`` is the normalised robot state ``[B, state_dim]``, required exactly when the config has
+        ``state_dim > 0``; ``motion`` the normalised pose change since capture ``[B, 6]``, required exactly
+        when ``motion_input``.
         """
         parts = [(age + self.type_embed[0])[:, None]]
         if self.state_embed is not None:
             if state is None:
                 raise ValueError(f"this action expert needs the robot state ([B, {self.cfg.state_dim}])")
             parts.append((self.state_embed(state.float()) + self.state_type)[:, None])
+        if self.motion_embed is not None:
+            if motion is None:
+                raise ValueError(f"this action expert needs the motion since capture ([B, {MOTION_DIM}])")
+            parts.append((self.motion_embed(motion.float()) + self.motion_type)[:, None])
         parts += [sensor_tokens + self.type_embed[1], vl_latents + self.type_embed[2]]
         return self.context_encoder(torch.cat(parts, dim=1))
 

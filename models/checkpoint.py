@@ -131,6 +131,11 @@ def save_checkpoint(policy, directory: str | os.PathLike, extra: dict[str, Any] 
                 if policy.state_dim
                 else {}
             ),
+            **(
+                {"motion_mean": policy.motion_mean.tolist(), "motion_std": policy.motion_std.tolist()}
+                if policy.motion_input
+                else {}
+            ),
         },
         "checksums": checksums,
         "versions": _versions(),

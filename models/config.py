@@ -160,6 +160,11 @@ class ActionExpertConfig:
     # long as it is what the robot actually did; with the tip position, "which layer am I in" is no longer
     # something a memoryless 100 ms sensor window has to guess.
     state_dim: int = 0
+    # Motion since capture: the robot's pose change from the capture stamp of the features' newest image to
+    # the tick (translation mm, rotation vector rad, base frame), one more context token. A feature shows
+    # the scene as the cameras saw it at capture; the tool camera rides on the needle, so by the time the
+    # feature is used the robot has moved by this much, which its current state alone cannot tell.
+    motion_input: bool = False
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an unknown head or sizes that do not divide."""
@@ -186,6 +191,39 @@ class ActionExpertConfig:
             )
 
 
+AGE_RECIPES = ("unknown", "fresh", "reuse", "matched")
+
+
+@dataclass
+class StalenessConfig:
+    """Which feature ages the action expert was trained on (set by the trainer, kept in the checkpoint).
+
+    ``fresh``: age of the newest frame only (k = 0); ``reuse``: ages over one VLM period from fresh
+    (k uniform in [0, R)); ``matched``: the ages the node sees deployed, ``vlm_latency_s`` + U[0,
+    ``vlm_period_s``). ``unknown``: a checkpoint from before recipes were recorded. ``min_age_s`` /
+    ``max_age_s`` bound the trained ages; the node's default maximum feature age follows from them.
+    """
+
+    recipe: str = "unknown"
+    vlm_latency_s: float = 0.0
+    vlm_period_s: float = 0.0
+    min_age_s: float = 0.0
+    max_age_s: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for an unknown recipe or an empty age range."""
+        _one_of("staleness.recipe", self.recipe, AGE_RECIPES)
+        if self.recipe != "unknown" and not 0.0 <= self.min_age_s <= self.max_age_s:
+            raise ConfigError(
+                f"staleness: need 0 <= min_age_s <= max_age_s, got {self.min_age_s}, {self.max_age_s}"
+            )
+
+    @property
+    def known(self) -> bool:
+        """Whether the trained ages are recorded."""
+        return self.recipe != "unknown"
+
+
 @dataclass
 class PolicyConfig:
     """The whole policy: VLM, LoRA, sensor encoder, action expert and the async timing."""
@@ -195,6 +233,7 @@ class PolicyConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     sensor: SensorEncoderConfig = field(default_factory=SensorEncoderConfig)
     action_expert: ActionExpertConfig = field(default_factory=ActionExpertConfig)
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
     action_period_s: float = ACTION_PERIOD_S
     vlm_period_s: float = 1.7
     vlm_reuse_count: int = 17
@@ -205,6 +244,7 @@ class PolicyConfig:
         self.lora.validate()
         self.sensor.validate()
         self.action_expert.validate()
+        self.staleness.validate()
         _positive("vlm_reuse_count", self.vlm_reuse_count)
         if self.action_period_s <= 0 or self.vlm_period_s <= 0:
             raise ConfigError("action_period_s and vlm_period_s must be positive")

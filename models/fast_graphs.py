@@ -11,24 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from models.action_expert import MOTION_DIM
 from models.policy import AsyncVLAPolicy
-
-
-def head_forward(
-    policy: AsyncVLAPolicy,
-    latents: torch.Tensor,
-    window: torch.Tensor,
-    age_s: torch.Tensor,
-    state: torch.Tensor | None = None,
-):
-    """Physical-unit chunk ``[B, H, D]`` from latents, a float window, ages and the normalised state.
-
-    ``state`` is ``None`` for a policy without state input. No checks.
-    """
-    ae = policy.action_expert
-    age = ae.age_embedding(age_s)
-    context = ae.context(latents, policy.sensor_encoder(window), age, state)
-    return policy.denormalize_actions(ae.predict(context, age))
 
 
 class GraphedActionHead:
@@ -46,15 +30,16 @@ class GraphedActionHead:
         self.window = torch.zeros(1, cfg.sensor.window, cfg.sensor.channels, device=device)
         self.age = torch.zeros(1, device=device)
         self.state = torch.zeros(1, ae.state_dim, device=device) if ae.state_dim else None
+        self.motion = torch.zeros(1, MOTION_DIM, device=device) if ae.motion_input else None
         self.stream = stream if stream is not None else torch.cuda.Stream(device=device)
         self.stream.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(self.stream):
             for _ in range(warmup):  # builds cuBLAS handles and lazy state outside the capture
-                head_forward(policy, self.latents, self.window, self.age, self.state)
+                policy.head_forward(self.latents, self.window, self.age, self.state, self.motion)
         torch.cuda.current_stream(device).wait_stream(self.stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(self.graph, stream=self.stream):
-            self.output = head_forward(policy, self.latents, self.window, self.age, self.state)
+            self.output = policy.head_forward(self.latents, self.window, self.age, self.state, self.motion)
 
     @torch.no_grad()
     def __call__(
@@ -63,15 +48,20 @@ class GraphedActionHead:
         window: torch.Tensor,
         age_s: torch.Tensor | float,
         robot_state: torch.Tensor | None = None,
+        motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[1, L, d]`` latents, ``[1, W, C]`` window, age -> ``[1, H, D]`` (a copy, safe to keep).
 
-        ``robot_state`` is the measured pose, needed by a policy with state input.
+        ``robot_state`` is the measured pose (policies with state input), ``motion`` the pose change since
+        the features' capture (policies with motion input).
         """
         state = self.policy.normalized_state(robot_state, 1)
+        moved = self.policy.normalized_motion(motion, 1)
         with torch.cuda.stream(self.stream):
             if state is not None:
                 self.state.copy_(state, non_blocking=True)
+            if moved is not None:
+                self.motion.copy_(moved, non_blocking=True)
             self.latents.copy_(latents, non_blocking=True)
             self.window.copy_(window, non_blocking=True)
             self.age.copy_(torch.as_tensor(age_s, dtype=torch.float32).reshape(1), non_blocking=True)

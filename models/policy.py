@@ -33,7 +33,7 @@ from torch import nn
 
 from contracts.constants import ACTION_NAMES
 from models import lora as lora_utils
-from models.action_expert import ActionExpert
+from models.action_expert import MOTION_DIM, ActionExpert
 from models.config import PolicyConfig
 from models.model_identity import weights_identity
 from models.sensor_encoder import SensorEncoder
@@ -89,6 +89,9 @@ class AsyncVLAPolicy(nn.Module):
         if ae.state_dim:  # only then: checkpoints of state-free policies keep their exact keys
             self.register_buffer("state_mean", torch.zeros(ae.state_dim))
             self.register_buffer("state_std", torch.ones(ae.state_dim))
+        if ae.motion_input:
+            self.register_buffer("motion_mean", torch.zeros(MOTION_DIM))
+            self.register_buffer("motion_std", torch.ones(MOTION_DIM))
         self._vlm: VLFeatureExtractor | None = None
         self.vlm_model: nn.Module | None = None
         self._stored_lora_hash = lora_utils.NO_LORA_HASH
@@ -117,6 +120,11 @@ class AsyncVLAPolicy(nn.Module):
     def state_dim(self) -> int:
         """Robot-state values the policy consumes (first ``state_dim`` of the measured pose; 0: none)."""
         return self.config.action_expert.state_dim
+
+    @property
+    def motion_input(self) -> bool:
+        """Whether the policy takes the robot's motion since the features' capture (``motion_input``)."""
+        return self.config.action_expert.motion_input
 
     @property
     def has_vlm(self) -> bool:
@@ -247,6 +255,8 @@ class AsyncVLAPolicy(nn.Module):
         action_std: Any = None,
         state_mean: Any = None,
         state_std: Any = None,
+        motion_mean: Any = None,
+        motion_std: Any = None,
     ) -> None:
         """Set per-channel sensor, per-dimension action and robot-state statistics (any subset).
 
@@ -260,6 +270,8 @@ class AsyncVLAPolicy(nn.Module):
         vectors = [("action_mean", action_mean), ("action_std", action_std)]
         if self.state_dim:
             vectors += [("state_mean", state_mean), ("state_std", state_std)]
+        if self.motion_input:
+            vectors += [("motion_mean", motion_mean), ("motion_std", motion_std)]
         for name, value in vectors:
             if value is None:
                 continue
@@ -295,6 +307,25 @@ class AsyncVLAPolicy(nn.Module):
         if not torch.isfinite(state).all():
             raise ValueError("robot_state contains non-finite values")
         return ((state - self.state_mean) / self.state_std).expand(batch, -1)
+
+    def normalized_motion(self, motion: Any, batch: int) -> torch.Tensor | None:
+        """Motion since capture ``[6]``/``[B, 6]`` -> normalised ``[batch, 6]`` (``None``: not an input).
+
+        Raises ``ValueError`` when a needed motion is missing, mis-shaped or non-finite.
+        """
+        if not self.motion_input:
+            return None
+        if motion is None:
+            raise ValueError(f"this policy needs the motion since capture ([{MOTION_DIM}] per window)")
+        value = _as_tensor(motion, "motion").to(self.device, torch.float32)
+        value = value[None] if value.ndim == 1 else value
+        if value.ndim != 2 or value.shape[1] != MOTION_DIM or value.shape[0] not in (1, batch):
+            raise ValueError(
+                f"motion must be [{MOTION_DIM}] or [{batch}, {MOTION_DIM}], got {list(value.shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError("motion contains non-finite values")
+        return ((value - self.motion_mean) / self.motion_std).expand(batch, -1)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Physical -> normalised units."""
@@ -360,13 +391,15 @@ class AsyncVLAPolicy(nn.Module):
         vl_age_s: Any,
         vl_mask: Any = None,
         robot_state: Any = None,
+        motion: Any = None,
     ) -> torch.Tensor:
         """Predict a chunk ``[B, H, D]`` in physical units (``[H, D]`` for an unbatched ``[W, C]`` window).
 
         ``vl_features`` is ``[T,Hvl]``/``[B,T,Hvl]`` or an ``EncodedVL``; a VL batch of 1 is shared by
         every window. ``vl_age_s`` is a float or ``[B]``. ``robot_state`` is the measured pose at the tick
-        (see ``normalized_state``); required when ``state_dim > 0``, ignored otherwise. Eval mode, no grad,
-        deterministic.
+        (see ``normalized_state``); required when ``state_dim > 0``, ignored otherwise. ``motion`` is the
+        robot's pose change since the features' capture (``models.action_expert.MOTION_DIM`` values);
+        required when ``motion_input``, ignored otherwise. Eval mode, no grad, deterministic.
         """
         window = _as_tensor(sensor_window, "sensor_window")
         unbatched = window.ndim == 2
@@ -396,16 +429,27 @@ class AsyncVLAPolicy(nn.Module):
         if latents.shape[0] != batch:
             raise ValueError(f"{latents.shape[0]} VL feature sets for {batch} sensor windows")
         state = self.normalized_state(robot_state, batch)
+        moved = self.normalized_motion(motion, batch)
         with _eval_mode(self.sensor_encoder, self.action_expert):
-            actions = self.denormalize_actions(self._head_forward(latents, window, age, state))
+            actions = self.head_forward(latents, window, age, state, moved)
         return actions[0] if unbatched else actions
 
-    def _head_forward(
-        self, latents: torch.Tensor, window: torch.Tensor, age_s: torch.Tensor, state: torch.Tensor | None
+    def head_forward(
+        self,
+        latents: torch.Tensor,
+        window: torch.Tensor,
+        age_s: torch.Tensor,
+        state: torch.Tensor | None = None,
+        motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Physical-unit chunk ``[B, H, D]`` from latents, a float window, ages, normalised state/motion.
+
+        No checks (``predict_actions`` checks first; ``models.fast_graphs`` captures exactly this).
+        """
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        return ae.predict(ae.context(latents, self.sensor_encoder(window), age, state), age)
+        context = ae.context(latents, self.sensor_encoder(window), age, state, motion)
+        return self.denormalize_actions(ae.predict(context, age))
 
     # ------------------------------------------------------------------------------------------ training
     def set_stage(self, stage: int) -> None:
@@ -471,9 +515,10 @@ class AsyncVLAPolicy(nn.Module):
         if latents.shape[0] != n:
             raise ValueError(f"{latents.shape[0]} VL feature sets for {n} sensor windows")
         state = self.normalized_state(batch.get("robot_state"), n)
+        moved = self.normalized_motion(batch.get("motion"), n)
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(latents, self.sensor_encoder(window), age, state)
+        context = ae.context(latents, self.sensor_encoder(window), age, state, moved)
         loss, metrics = ae.loss(context, age, self.normalize_actions(target), step_mask)
         metrics["loss"] = float(loss.detach())
         metrics["vl_age_mean_s"] = float(age_s.mean())

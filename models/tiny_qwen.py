@@ -86,6 +86,38 @@ TINY_ARCHITECTURE: dict[str, dict[str, Any]] = {
 }
 
 
+# The embedded default's architecture (``builtin:tiny-sim``): trained in Stage 0 (``training.stage0``) on
+# sim renders. Wider than TINY_ARCHITECTURE so that sub-millimetre target positions fit in its features,
+# still a 5-view forward of a few tens of ms on a 2-core CPU.
+TINY_SIM_ARCHITECTURE: dict[str, dict[str, Any]] = {
+    "text_config": {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
+    },
+    "vision_config": {
+        "depth": 4,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 4,
+        "out_hidden_size": 128,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [3],
+    },
+    "tie_word_embeddings": True,
+}
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {"tiny": TINY_ARCHITECTURE, "tiny-sim": TINY_SIM_ARCHITECTURE}
+"""Architectures Stage 0 can start from, by name."""
+
+
 def build_tokenizer():
     """Byte-level BPE tokenizer (256 byte tokens, no merges) + the Qwen special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

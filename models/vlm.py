@@ -22,6 +22,7 @@ import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,12 +57,31 @@ def resolve_attn_implementation(requested: str, device: str | torch.device = "cp
     return "sdpa"
 
 
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+"""Models shipped inside the package (``builtin:<name>`` -> ``models/builtin/<name>``)."""
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map ``builtin:tiny`` to the cached tiny model folder; anything else is returned unchanged."""
+    """Map ``builtin:`` names to local folders; anything else is returned unchanged.
+
+    ``builtin:tiny`` is the random-weight test model, built once into the cache; ``builtin:<name>`` is a
+    model shipped in ``models/builtin/<name>`` (``builtin:tiny-sim``: the Stage 0 embedded default).
+    """
     if name_or_path == "builtin:tiny":
         from models.tiny_qwen import cached_tiny_qwen2_5_vl
 
         return str(cached_tiny_qwen2_5_vl())
+    if name_or_path.startswith("builtin:"):
+        folder = BUILTIN_DIR / name_or_path.removeprefix("builtin:")
+        if not (folder / "config.json").is_file():
+            shipped = (
+                sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
+            )
+            raise FileNotFoundError(
+                f"no built-in model {name_or_path!r} (looked in {folder}); built-in models: "
+                f"builtin:tiny, " + ", ".join(f"builtin:{name}" for name in shipped)
+            )
+        return str(folder)
     return name_or_path
 
 
@@ -224,6 +244,10 @@ class VLFeatureExtractor:
             **inputs, use_cache=False, output_hidden_states=want_layers, return_dict=True
         )
         hidden = out.hidden_states[self.config.feature_layer] if want_layers else out.last_hidden_state
+        return self._select_tokens(hidden, inputs)
+
+    def _select_tokens(self, hidden: torch.Tensor, inputs: dict) -> list[torch.Tensor]:
+        """Per sample, the feature tokens of ``token_selection`` from the hidden states ``[G, S, H]``."""
         grid = inputs["image_grid_thw"]
         views = self.config.num_views
         features = []
@@ -238,6 +262,61 @@ class VLFeatureExtractor:
             else:
                 features.append(self._pool(vision, grid[g * views : (g + 1) * views]))
         return features
+
+    def forward_features_shared(
+        self,
+        image_groups: Sequence[Sequence[np.ndarray]],
+        instructions_per_group: Sequence[Sequence[str]],
+    ) -> list[torch.Tensor]:
+        """Features of every (group, instruction) pair, running the vision tower once per group.
+
+        The result equals ``forward_features`` on the groups repeated once per instruction (same prompts,
+        same tokens), in the order group 0 x its instructions, group 1 x ..., with gradients. Training
+        pairs one frame with several instructions (Stage 0); the vision tower, which never sees the text,
+        then runs once per frame instead of once per pair.
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if len(image_groups) != len(instructions_per_group):
+            raise ValueError(f"{len(image_groups)} image groups but {len(instructions_per_group)} lists")
+        for images in image_groups:
+            validate_views(images, self.config.num_views)
+        views = self.config.num_views
+        flat = [np.ascontiguousarray(image) for images in image_groups for image in images]
+        size = {"shortest_edge": self.config.min_pixels, "longest_edge": self.config.max_pixels}
+        vision = self.image_processor(
+            images=flat, size=size, return_tensors="pt", input_data_format="channels_last"
+        )
+        per_image = (vision["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
+        texts, image_index = [], []
+        for g, instructions in enumerate(instructions_per_group):
+            for instruction in instructions:
+                texts.append(self.prompt(instruction, per_image[g * views : (g + 1) * views]))
+                image_index.extend(range(g * views, (g + 1) * views))
+        if not texts:
+            raise ValueError("need at least one instruction")
+        device = self.device
+        tokens = self.tokenizer(texts, padding=True, return_tensors="pt")
+        grid = vision["image_grid_thw"].to(device)
+        model = self.hf_model.model
+        encoded = model.get_image_features(vision["pixel_values"].to(device), grid, return_dict=True)
+        pooled = tuple(encoded.pooler_output[i] for i in image_index)
+        inputs = {
+            "input_ids": tokens["input_ids"].to(device),
+            "attention_mask": tokens["attention_mask"].to(device),
+            "image_grid_thw": grid[torch.as_tensor(image_index, device=device)],
+        }
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).long()
+        want_layers = self.config.feature_layer != -1
+        out = model(
+            **inputs,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=pooled)},
+            use_cache=False,
+            output_hidden_states=want_layers,
+            return_dict=True,
+        )
+        hidden = out.hidden_states[self.config.feature_layer] if want_layers else out.last_hidden_state
+        return self._select_tokens(hidden, inputs)
 
     def _pool(self, vision: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """Average-pool each view's merged-patch grid to ``pooled_grid x pooled_grid`` tokens."""

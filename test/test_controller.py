@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -30,12 +30,28 @@ class _Expert:
     action_dim: int = D
     state_dim: int = 0
     max_age_s: float = 3.4
+    motion_input: bool = False
+
+
+@dataclass
+class _Staleness:
+    recipe: str = "unknown"
+    min_age_s: float = 0.0
+    max_age_s: float = 0.0
+    vlm_period_s: float = 0.0
+
+    @property
+    def known(self) -> bool:
+        return self.recipe != "unknown"
 
 
 @dataclass
 class _Config:
     sensor: _Sensor
     action_expert: _Expert
+    staleness: _Staleness = field(default_factory=_Staleness)
+    action_period_s: float = 0.1
+    vlm_period_s: float = 1.7
 
 
 class ChunkPolicy:

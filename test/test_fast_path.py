@@ -211,15 +211,13 @@ def test_feature_difference():
 
 
 def test_graphed_head_function_is_what_predict_actions_runs(tiny_qwen_dir):  # noqa: F811
-    from models.fast_graphs import head_forward
-
     policy = make_policy(tiny_qwen_dir).eval()
     vl = torch.randn(1, 80, policy.vl_hidden_size)
     window = sensor(batch=1, seed=2)
     encoded = policy.encode_vl_features(vl)
     expected = policy.predict_actions(encoded, window, 0.3)
     with torch.no_grad():
-        got = head_forward(policy, encoded.latents, window, torch.tensor([0.3]))
+        got = policy.head_forward(encoded.latents, window, torch.tensor([0.3]))
     assert torch.allclose(got, expected, atol=1e-6)
 
 

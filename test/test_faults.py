@@ -49,6 +49,10 @@ class FaultDriver:
         self.rate, self.declared_rate = RATE, RATE
         self.force_n = 1.0
         self.sequence = 0
+        self.pose_fn = None  # t_ns -> 7-D pose (mm); None: a fixed pose 4 mm above the surface
+        self.poses_per_step = 1
+        self.sent_poses: list[int] = []
+        self.sensor_history: dict[int, np.ndarray] = {}  # sample index (of the current stream) -> row
         reliable = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
         self.clock_pub = node.create_publisher(Clock, topics.CLOCK_TOPIC, 10)
         self.sensor_pub = node.create_publisher(SensorSamples, topics.SENSOR_TOPIC, reliable)
@@ -102,16 +106,27 @@ class FaultDriver:
             data = self.rng.standard_normal((count, int(self.info["sensor_channels"]))).astype(np.float32)
             data[:, 0] = self.force_n
             stamp = self.origin_ns + round(self.sample_index * S / self.rate)
+            for i, row in enumerate(data):
+                self.sensor_history[self.sample_index + i] = row
             self.sample_index = due
             self.sensor_pub.publish(
                 sensor_samples_to_msg(data, first_stamp_ns=stamp, sample_rate_hz=self.declared_rate)
             )
-        pose = PoseStamped()
-        pose.header.stamp = ns_to_stamp(self.now_ns)
-        pose.pose.position.z, pose.pose.orientation.w = 0.004, 1.0
-        self.pose_pub.publish(pose)
+        for j in range(self.poses_per_step):
+            stamp = self.now_ns - (self.poses_per_step - 1 - j) * STEP_NS // self.poses_per_step
+            pose = PoseStamped()
+            pose.header.stamp = ns_to_stamp(stamp)
+            x, y, z = (self.pose_fn(stamp)[:3] / 1000.0) if self.pose_fn else (0.0, 0.0, 0.004)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = float(x), float(y), float(z)
+            pose.pose.orientation.w = 1.0
+            self.pose_pub.publish(pose)
+            self.sent_poses.append(stamp)
         self.clock_pub.publish(Clock(clock=ns_to_stamp(self.now_ns)))
         self.node.test_executor.spin_once(timeout_sec=0.03)
+
+    def recorded_sensor(self, first: int, count: int) -> np.ndarray:
+        """Rows ``first .. first + count - 1`` of the current sensor stream, as published."""
+        return np.stack([self.sensor_history[i] for i in range(first, first + count)])
 
     def advance(self, seconds: float, proc) -> None:
         for _ in range(int(round(seconds * S / STEP_NS))):
@@ -535,3 +550,86 @@ def test_the_vlm_node_reports_failing_camera_sets_not_a_met_frequency(
         node.destroy_node()
         vlm.stop()
         rig.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_motion_input_uses_the_pose_at_the_features_capture(ros_context, tmp_path):
+    from insertion_vla_ros.nodes.policy_loading import checkpoint_info
+    from insertion_vla_ros.ros_io.msg_conversions import action_chunk_from_msg, vl_features_to_msg
+    from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
+    from insertion_vla_ros.runtime.controller import ControllerSettings, TickController
+    from insertion_vla_ros.runtime.hold_policy import FeatureInfo
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
+    from models.checkpoint import load_checkpoint
+
+    checkpoint = build_tiny_checkpoint(tmp_path / "model", motion_input=True)
+    proc = _start_expert(checkpoint, tmp_path)
+    node = make_test_node(ros_context, "motion_driver")
+    driver = FaultDriver(node, checkpoint_info(str(checkpoint)))
+
+    def pose_at(t_ns: int) -> np.ndarray:  # a known trajectory: 3 mm/s along x, 1 mm/s down
+        t = (t_ns - 100 * S) / S
+        return np.array([3.0 * t, 0.5, 4.0 - 1.0 * t, 0.0, 0.0, 0.0, 1.0])
+
+    driver.pose_fn = pose_at
+    try:
+        assert driver.run_until(lambda: len(driver.chunks) >= 3, 600.0, proc), proc.output()[-3000:]
+        capture = driver.now_ns
+        driver.publish_features()
+        assert driver.run_until(lambda: driver.chunks[-1].status == 0, 10.0, proc), driver.codes_since(-10)
+        driver.advance(0.8, proc)  # the robot moves on while the feature ages
+        ok = [c for c in driver.chunks if c.status == 0 and stamp_to_ns(c.header.stamp) - capture > S // 2]
+        assert ok
+        chunk = ok[-1]
+        # the same ticks through the controller (from the first OK one, where the safety layer starts from
+        # rest), with the motion from the pose at the capture stamp
+        policy = load_checkpoint(checkpoint)
+        controller = TickController(policy, ControllerSettings.from_policy(policy, vl_max_age_s=3.0))
+        controller.add_features(FeatureInfo(driver.sequence, capture, policy.fingerprint), driver.features)
+        first_ok = next(c for c in driver.chunks if c.status == 0 and stamp_to_ns(c.header.stamp) >= capture)
+        ticks = [stamp_to_ns(c.header.stamp) for c in driver.chunks]
+        ticks = [
+            t for t in ticks if stamp_to_ns(first_ok.header.stamp) <= t <= stamp_to_ns(chunk.header.stamp)
+        ]
+        fed_samples = fed_poses = 0
+        for tick in ticks:
+            last = int((tick - driver.origin_ns) * RATE // S)  # the newest sample stamped at or before it
+            rows = driver.recorded_sensor(fed_samples, last + 1 - fed_samples)
+            stamps = driver.origin_ns + np.round((fed_samples + np.arange(len(rows))) * S / RATE).astype(
+                np.int64
+            )
+            controller.add_sensor(stamps, rows, declared_rate_hz=RATE)
+            fed_samples = last + 1
+            for stamp in driver.sent_poses[fed_poses:]:
+                if stamp > tick:
+                    break
+                controller.add_pose(stamp, pose_at(stamp))
+                fed_poses += 1
+            expected = controller.step(tick)
+            assert expected.ok, expected.decision.reason
+        np.testing.assert_allclose(action_chunk_from_msg(chunk), expected.actions, atol=1e-4)
+        rows = driver.recorded_sensor(fed_samples - 65, 65)
+        # the motion matters: with the robot still since the capture the chunk would differ
+        encoded = policy.encode_vl_features(driver.features)
+        still = policy.predict_actions(
+            encoded, rows, chunk.vl_age_s, robot_state=pose_at(tick), motion=np.zeros(6)
+        )
+        assert np.abs(still.numpy() - expected.actions).max() > 1e-4
+
+        # a pose buffer that no longer reaches back to the capture: the motion is unknown, so it holds
+        driver.poses_per_step = 12  # ~600 poses a second: the buffer covers less than a second
+        driver.advance(1.2, proc)
+        old = driver.now_ns - 2 * S
+        message = vl_features_to_msg(
+            driver.features, stamp_ns=old, sequence=99, camera_names=["view1"], image_stamps_ns=[old],
+            instruction="test", model_fingerprint=driver.info["fingerprint"], inference_time_s=0.01,
+        )  # fmt: skip
+        driver.features_pub.publish(message)
+        assert driver.run_until(
+            lambda: driver.codes_since(len(driver.chunks) - 1) == ["robot_state_missing"], 3.0, proc
+        ), driver.codes_since(-10)
+    finally:
+        node.destroy_node()
+        code = proc.stop()
+    assert code == 0, proc.output()[-3000:]

@@ -157,3 +157,67 @@ def test_robot_state_is_the_newest_pose_at_or_before_the_tick(episode):
         if episode.pose_stamps_ns[newest] == tick_ns and newest > 0:
             earlier = pose_at_or_before(episode.pose_stamps_ns, episode.pose, tick_ns - 1)
             np.testing.assert_array_equal(earlier, episode.pose[newest - 1].astype(np.float32))
+
+
+def test_motion_since_capture_is_the_pose_change_from_the_newest_image_to_the_tick(episode):
+    for tick, k in ((10, 0), (12, 3), (episode.num_ticks - 1, 4)):
+        sample = episode.sample(tick, k)
+        capture = sample["ref"].newest_stamp_ns
+        then = synthetic_pose(
+            (episode.pose_stamps_ns[episode.pose_stamps_ns <= capture][-1] - START) / NS_PER_S, SPEED
+        )
+        now = synthetic_pose(
+            (episode.pose_stamps_ns[episode.pose_stamps_ns <= sample["tick_ns"]][-1] - START) / NS_PER_S,
+            SPEED,
+        )
+        np.testing.assert_allclose(sample["motion"], pose_delta(then, now)[:6], atol=1e-5)
+        # the translation part is the distance travelled (4 mm/s along x) over the poses' time apart
+        assert sample["motion"][0] == pytest.approx(SPEED * (sample["vl_age_s"]), abs=SPEED * 0.011)
+    # nothing from after the tick: poses later than it would change neither the state nor the motion
+    sample = episode.sample(20, 2)
+    cut = episode.pose_stamps_ns <= sample["tick_ns"]
+    from training.alignment import motion_since
+
+    again = motion_since(
+        episode.pose_stamps_ns[cut], episode.pose[cut], sample["ref"].newest_stamp_ns, sample["robot_state"]
+    )
+    np.testing.assert_array_equal(again, sample["motion"])
+
+
+def test_the_matched_recipe_draws_the_ages_the_node_sees(episode):
+    from models.config import load_model_config
+    from training.age_recipe import age_plan, staleness_config
+
+    model = load_model_config("tiny")
+    plan = age_plan("matched", model, latency_s=0.3, period_s=0.5)
+    assert (plan.first_k, plan.reuse) == (3, 5) and plan.age_weights == (0, 0, 0, 1, 1, 1, 1, 1)
+    recorded = staleness_config(plan)
+    assert (recorded.recipe, recorded.min_age_s, recorded.max_age_s) == (
+        "matched",
+        pytest.approx(0.3),
+        pytest.approx(0.7),
+    )
+    cfg = AlignmentConfig(reuse=plan.reuse, age_weights=plan.age_weights, group_offset=plan.first_k)
+    ticks = TickDataset([episode], cfg)
+    plan_batches = BatchPlan(ticks.max_k(), global_batch=8, seed=1, age_weights=cfg.age_weights)
+    ages = np.array(
+        [
+            ticks[item]["vl_age_s"]
+            for step in range(plan_batches.steps_per_epoch)
+            for item in plan_batches.global_items(0, step)
+        ]
+    )
+    late = ages[ages > 0.25]  # ticks early in the episode cannot reach back 0.3 s: they take the oldest frame
+    assert late.size > 0.7 * ages.size
+    assert late.min() >= 0.3 - 0.09 and late.max() <= 0.7 + 0.06  # + the camera phase against the tick
+    # uniform over the five reuse steps
+    ks = sample_k(np.random.default_rng(0), np.full(5000, 20), cfg.age_weights)
+    counts = np.bincount(ks, minlength=10)
+    assert counts[:3].sum() == 0 and counts[8:].sum() == 0 and counts[3:8].min() > 900, counts
+    # Stage 2 groups: one feature, the R ticks k = 3..7 after it, each with its own window and target
+    groups = GroupDataset([episode], cfg)
+    group = groups[(0, 0)]
+    assert list(group["k"]) == [3, 4, 5, 6, 7] and len({a.tobytes() for a in group["sensor_window"]}) == 5
+    assert age_plan("fresh", model).age_weights == (1.0,) and age_plan("reuse", model).age_weights is None
+    with pytest.raises(ValueError, match="age recipe"):
+        age_plan("stale", model)

@@ -144,3 +144,45 @@ def test_a_corrupt_cache_shard_is_a_one_line_error_with_the_fix_and_exit_2(root,
     errors = [line for line in result.stderr.splitlines() if line.startswith("insertion_vla_train: error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert "episode_" in errors[0] and "build-cache" in errors[0] and "--compute-on-miss" in errors[0]
+
+
+def test_the_age_recipe_travels_in_the_checkpoint_and_sets_the_node_default(root, tmp_path):
+    from insertion_vla_ros.runtime.controller import ControllerSettings
+
+    result = train(
+        _config(
+            root,
+            "matched",
+            steps=2,
+            val_every=2,
+            checkpoint_every=2,
+            age_recipe="matched",
+            vlm_latency_s=0.3,
+            vlm_period_s=0.5,
+        )
+    )
+    info = read_checkpoint_info(result.final_checkpoint)
+    staleness = info["model_config"]["staleness"]
+    assert staleness == {
+        "recipe": "matched",
+        "vlm_latency_s": 0.3,
+        "vlm_period_s": 0.5,
+        "min_age_s": pytest.approx(0.3),
+        "max_age_s": pytest.approx(0.7),
+    }
+    policy = load_checkpoint(result.final_checkpoint)
+    settings = ControllerSettings.from_policy(policy)
+    assert settings.trained_ages_s == (pytest.approx(0.3), pytest.approx(0.7))
+    assert settings.vl_max_age_s == pytest.approx(0.7 + 0.1 + 0.25 * 0.5)
+    # a checkpoint written before recipes were recorded: loads, with an unknown recipe the node reports
+    config = json.loads((result.final_checkpoint / "config.json").read_text())
+    del config["model_config"]["staleness"]
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(result.final_checkpoint, old)
+    (old / "config.json").write_text(json.dumps(config))
+    policy = load_checkpoint(old)
+    assert policy.config.staleness.recipe == "unknown"
+    settings = ControllerSettings.from_policy(policy)
+    assert settings.trained_ages_s is None and settings.vl_max_age_s == policy.config.action_expert.max_age_s

@@ -69,6 +69,16 @@ def pose_at_or_before(stamps_ns: np.ndarray, poses: np.ndarray, time_ns: int) ->
     return np.asarray(poses[index], dtype=np.float32)
 
 
+def motion_since(stamps_ns: np.ndarray, poses: np.ndarray, capture_ns: int, state: np.ndarray) -> np.ndarray:
+    """The robot's pose change from the features' capture to the tick: ``[6]`` float32 (mm, rad).
+
+    ``state`` is the pose at the tick (:func:`pose_at_or_before` of the tick); the pose at capture is the
+    newest recorded at or before ``capture_ns``, exactly what the node takes from its pose buffer.
+    """
+    then = pose_at_or_before(stamps_ns, poses, capture_ns)
+    return pose_delta(then.astype(np.float64), np.asarray(state, np.float64))[:6].astype(np.float32)
+
+
 def sensor_window_slice(stamps_ns: np.ndarray, tick_ns: int, window: int) -> slice | None:
     """Slice of the ``window`` newest samples with stamp ``<= tick_ns``; None when fewer exist."""
     end = int(np.searchsorted(stamps_ns, int(tick_ns), side="right"))

@@ -1,4 +1,4 @@
-"""``python -m training`` / ``insertion_vla_train``: stage1, stage2, build-cache, convert-bag, convert-legacy.
+"""``python -m training`` / ``insertion_vla_train``: stage0, stage1, stage2, build-cache, convert-bag/-legacy.
 
 Training flags mirror :class:`training.config.TrainConfig` field by field (``--global-batch 32``,
 ``--no-resume``...); ``--config FILE`` (JSON or YAML) supplies defaults that flags override. Run the
@@ -72,6 +72,52 @@ def _cmd_train(stage: int, args: argparse.Namespace) -> int:
         print(f"final checkpoint: {result.final_checkpoint}")
     elif not result.finished:
         print(f"stopped at step {result.step} (resume with the same command)")
+    return 0
+
+
+def _add_stage0_flags(parser: argparse.ArgumentParser) -> None:
+    from training.stage0 import Stage0Config
+
+    parser.add_argument("--config", type=Path, help="JSON/YAML file of Stage0Config fields (flags override)")
+    parser.add_argument(
+        "--export-to", type=Path, default=None, help="also copy the finished model folder here"
+    )
+    hints = typing.get_type_hints(Stage0Config)
+    for f in dataclasses.fields(Stage0Config):
+        flag = "--" + f.name.replace("_", "-")
+        hint = str(hints[f.name])
+        doc = f"(default: {f.default})"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        else:
+            base = int if "int" in hint else float if "float" in hint else str
+            parser.add_argument(flag, type=base, default=None, help=doc)
+
+
+def _cmd_stage0(args: argparse.Namespace) -> int:
+    import shutil
+
+    from training.stage0 import Stage0Config, train_stage0
+
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        values.update(yaml.safe_load(args.config.read_text()) or {})
+    for f in dataclasses.fields(Stage0Config):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    model_dir = train_stage0(
+        Stage0Config.from_dict(values), command=" ".join(["insertion_vla_train", *sys.argv[1:]])
+    )
+    if model_dir is None:
+        print("stopped before the last step (resume with the same command)")
+        return 0
+    print(f"model: {model_dir}")
+    if args.export_to is not None:
+        shutil.rmtree(args.export_to, ignore_errors=True)
+        shutil.copytree(model_dir, args.export_to)
+        print(f"exported to {args.export_to}")
     return 0
 
 
@@ -193,6 +239,11 @@ def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="insertion_vla_train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_stage0_flags(
+        sub.add_parser(
+            "stage0", help="Stage 0: pretrain the embedded VLM on labelled sim renders (grounding)"
+        )
+    )
     for stage in (1, 2):
         what = (
             "cached VL features, frozen VLM" if stage == 1 else "LoRA on the VLM, one VLM forward per R ticks"
@@ -255,6 +306,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training`` and the ``insertion_vla_train`` console script."""
     args = make_parser().parse_args(argv)
+    if args.command == "stage0":
+        return _cmd_stage0(args)
     if args.command in ("stage1", "stage2"):
         return _cmd_train(int(args.command[-1]), args)
     if args.command == "build-cache":

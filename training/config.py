@@ -24,8 +24,15 @@ class TrainConfig:
     val_episodes: list[str] = field(default_factory=list)
     """Explicit validation episode names (overrides ``val_fraction``)."""
     val_max_items: int = 256
-    age_weights: list[float] | None = None
-    """Staleness distribution over k = 0..len-1; None = uniform over [0, R)."""
+    age_recipe: str = "reuse"
+    """Feature ages to train on (``training.age_recipe``): fresh, reuse (k in [0, R)) or matched (the ages
+    the node sees deployed: VLM latency + U[0, period)). Recorded in the checkpoint."""
+    vlm_latency_s: float | None = None
+    """VLM latency for ``matched`` (default: from ``vlm_profile``, else 0)."""
+    vlm_period_s: float | None = None
+    """VLM period (default: from ``vlm_profile``, else the model config's ``vlm_period_s``)."""
+    vlm_profile: str | None = None
+    """``profile_vlm --json`` output: its measured p50 latency and recommended period."""
     group_stride: int = 1
     num_workers: int = 0
     # features (Stage 1)
@@ -84,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"cache_mode must be on, off or build, got {self.cache_mode!r}")
         if self.stage == 1 and self.cache_mode != "off" and not self.cache_dir:
             raise ValueError(f"Stage 1 with cache_mode={self.cache_mode!r} needs cache_dir")
+        if self.age_recipe not in ("fresh", "reuse", "matched"):
+            raise ValueError(f"age_recipe must be fresh, reuse or matched, got {self.age_recipe!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         for name in ("steps", "global_batch", "micro_batch", "checkpoint_every", "val_every", "log_every"):

@@ -21,6 +21,7 @@ from contracts.episode import Episode, EpisodeFormatError
 from training.alignment import (
     EpisodeTimeline,
     frame_at_or_before,
+    motion_since,
     pose_at_or_before,
     sensor_window_slice,
     target_chunk,
@@ -38,6 +39,8 @@ class AlignmentConfig:
     """R: ticks that share one VL feature (VLM period / action period)."""
     age_weights: tuple[float, ...] | None = None
     """Optional probabilities of k = 0..len-1 (max age (len-1)*dt); None = uniform over [0, R)."""
+    group_offset: int = 0
+    """Stage 2: the R ticks sharing a feature are k = offset .. offset + R - 1 after it (the VLM latency)."""
 
     @property
     def dt_ns(self) -> int:
@@ -128,12 +131,14 @@ class EpisodeData:
         if window is None:  # cannot happen for ticks on the timeline; guards against edits to it
             raise ValueError(f"{self.name}: no full sensor window at {tick_ns}")
         actions, mask = target_chunk(self.pose_stamps_ns, self.pose, tick_ns, cfg.horizon, cfg.dt_ns)
+        state = pose_at_or_before(self.pose_stamps_ns, self.pose, tick_ns)
         return {
             "sensor_window": np.ascontiguousarray(self.sensor[window], dtype=np.float32),
             "vl_age_s": np.float32((tick_ns - ref.newest_stamp_ns) / NS_PER_S),
             "target_actions": actions,
             "action_mask": mask,
-            "robot_state": pose_at_or_before(self.pose_stamps_ns, self.pose, tick_ns),
+            "robot_state": state,
+            "motion": motion_since(self.pose_stamps_ns, self.pose, ref.newest_stamp_ns, state),
             "tick_ns": tick_ns,
             "k": k,
             "ref": ref,
@@ -185,18 +190,18 @@ class TickDataset(torch.utils.data.Dataset):
 
 
 class GroupDataset(torch.utils.data.Dataset):
-    """Stage 2 items: R consecutive ticks sharing one feature time t0 (k = 0..R-1), images decoded once."""
+    """Stage 2 items: R consecutive ticks sharing one feature time t0, images decoded once.
+
+    The ticks are k = offset .. offset + R - 1 after t0 (``AlignmentConfig.group_offset``: 0, or the VLM
+    latency in ticks for deployment-matched ages), each with its own sensor window and target.
+    """
 
     def __init__(self, episodes: Sequence[EpisodeData], config: AlignmentConfig, stride: int = 1):
         self.episodes = list(episodes)
         self.config = config
-        reuse = config.reuse
+        span = config.group_offset + config.reuse
         self.index = np.array(
-            [
-                (e, g)
-                for e, ep in enumerate(self.episodes)
-                for g in range(0, ep.num_ticks - reuse + 1, stride)
-            ],
+            [(e, g) for e, ep in enumerate(self.episodes) for g in range(0, ep.num_ticks - span + 1, stride)],
             dtype=np.int64,
         ).reshape(-1, 2)
 
@@ -211,7 +216,8 @@ class GroupDataset(torch.utils.data.Dataset):
         index, _ = item
         episode, start = self.index[int(index)]
         ep = self.episodes[int(episode)]
-        samples = [ep.sample(int(start) + k, k) for k in range(self.config.reuse)]
+        offset = self.config.group_offset
+        samples = [ep.sample(int(start) + offset + j, offset + j) for j in range(self.config.reuse)]
         ref = samples[0]["ref"]
         assert all(s["ref"] == ref for s in samples)
         group = _stack(samples)
@@ -228,6 +234,7 @@ def _stack(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "target_actions": np.stack([s["target_actions"] for s in samples]),
         "action_mask": np.stack([s["action_mask"] for s in samples]),
         "robot_state": np.stack([s["robot_state"] for s in samples]),
+        "motion": np.stack([s["motion"] for s in samples]),
         "tick_ns": np.asarray([s["tick_ns"] for s in samples], dtype=np.int64),
         "k": np.asarray([s["k"] for s in samples], dtype=np.int64),
     }
@@ -242,6 +249,7 @@ def collate_ticks(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "target_actions": torch.from_numpy(stacked["target_actions"]),
         "action_mask": torch.from_numpy(stacked["action_mask"]),
         "robot_state": torch.from_numpy(stacked["robot_state"]),
+        "motion": torch.from_numpy(stacked["motion"]),
         "refs": [s["ref"] for s in samples],
     }
     if "images" in samples[0]:
@@ -257,6 +265,7 @@ def collate_groups(groups: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "target_actions": torch.from_numpy(np.concatenate([g["target_actions"] for g in groups])),
         "action_mask": torch.from_numpy(np.concatenate([g["action_mask"] for g in groups])),
         "robot_state": torch.from_numpy(np.concatenate([g["robot_state"] for g in groups])),
+        "motion": torch.from_numpy(np.concatenate([g["motion"] for g in groups])),
         "images": [g["images"] for g in groups],
         "instructions": [g["instruction"] for g in groups],
         "group_size": int(groups[0]["sensor_window"].shape[0]),

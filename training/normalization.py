@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.alignment import pose_at_or_before, target_chunk
+from training.alignment import motion_since, pose_at_or_before, target_chunk
 from training.dataset import EpisodeData
 
 CONSTANT_ACTION_STD = 1e-6
@@ -35,15 +35,24 @@ class _Moments:
         return mean.astype(np.float32), std.astype(np.float32)
 
 
+def _sampled_ks(age_weights: tuple[float, ...] | None, reuse: int) -> list[int]:
+    """Three k the samplers draw (youngest, middle, oldest): enough for the motion's spread."""
+    allowed = [k for k, w in enumerate(age_weights) if w > 0] if age_weights else list(range(reuse))
+    return sorted({allowed[0], allowed[len(allowed) // 2], allowed[-1]})
+
+
 def compute_normalization(
     episodes: Sequence[EpisodeData],
     max_sensor_rows: int = 200_000,
     max_ticks: int = 20_000,
     chunk: int = 8192,
 ) -> dict[str, np.ndarray]:
-    """Mean/std of sensor samples ``[C]``, valid target steps ``[D]`` and robot poses at the ticks ``[7]``.
+    """Normalisation statistics of the training episodes.
 
-    Keys: ``sensor_mean/std``, ``action_mean/std``, ``state_mean/std``.
+    Mean/std of sensor samples ``[C]``, valid target steps ``[D]``, robot poses at the ticks ``[7]`` and the
+    motion since capture ``[6]`` over the ages the episodes' alignment samples.
+
+    Keys: ``sensor_mean/std``, ``action_mean/std``, ``state_mean/std``, ``motion_mean/std``.
 
     Large datasets are subsampled with a fixed stride (deterministic). Zero-variance sensor channels and
     state dimensions get std 1, so normalisation leaves them unscaled. Zero-variance action dimensions
@@ -61,21 +70,30 @@ def compute_normalization(
     tick_stride = max(1, total_ticks // max_ticks)
     actions = None
     states = _Moments(episodes[0].pose.shape[1])
+    motions = _Moments(6)
     for ep in episodes:
         cfg = ep.config
+        ks = _sampled_ks(cfg.age_weights, cfg.reuse)
         for tick in range(0, ep.num_ticks, tick_stride):
             tick_ns = ep.timeline.tick_ns(tick)
             chunk_actions, mask = target_chunk(ep.pose_stamps_ns, ep.pose, tick_ns, cfg.horizon, cfg.dt_ns)
             if actions is None:
                 actions = _Moments(chunk_actions.shape[1])
             actions.add(chunk_actions[mask])
-            states.add(pose_at_or_before(ep.pose_stamps_ns, ep.pose, tick_ns)[None])
+            state = pose_at_or_before(ep.pose_stamps_ns, ep.pose, tick_ns)
+            states.add(state[None])
+            for k in (k for k in ks if k <= tick):
+                capture = ep.feature_ref(ep.timeline.tick_ns(tick - k)).newest_stamp_ns
+                motions.add(motion_since(ep.pose_stamps_ns, ep.pose, capture, state)[None])
     if actions is None:
         raise ValueError("the training episodes have no ticks")
     sensor_mean, sensor_std = sensor.result()
     action_mean, action_std = actions.result()
     state_mean, state_std = states.result()
+    motion_mean, motion_std = motions.result() if motions.n else (np.zeros(6), np.ones(6))
     return {
+        "motion_mean": motion_mean.astype(np.float32),
+        "motion_std": np.where(motion_std > 1e-6, motion_std, 1.0).astype(np.float32),
         "sensor_mean": sensor_mean,
         "sensor_std": np.where(sensor_std > 1e-6, sensor_std, 1.0).astype(np.float32),
         "action_mean": action_mean,

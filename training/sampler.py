@@ -16,7 +16,11 @@ import torch
 
 
 def sample_k(rng: np.random.Generator, max_k: np.ndarray, age_weights: Sequence[float] | None) -> np.ndarray:
-    """Draw k per item in ``[0, max_k]``: uniform, or ``age_weights`` truncated to that range."""
+    """Draw k per item in ``[0, max_k]``: uniform, or ``age_weights`` truncated to that range.
+
+    An item whose allowed range holds only zero weights (a tick earlier than the VLM latency of a matched
+    recipe) takes the oldest allowed k, the age closest to the distribution.
+    """
     u = rng.random(max_k.shape[0])
     if not age_weights:
         return np.minimum(np.floor(u * (max_k + 1)).astype(np.int64), max_k)
@@ -27,8 +31,8 @@ def sample_k(rng: np.random.Generator, max_k: np.ndarray, age_weights: Sequence[
     out = np.empty_like(max_k)
     for i, (ui, km) in enumerate(zip(u, max_k)):
         truncated = cdf[: km + 1]
-        if truncated[-1] <= 0:  # all allowed ages have weight 0: take the freshest allowed
-            out[i] = 0
+        if truncated[-1] <= 0:  # all allowed ages have weight 0: the oldest allowed is the closest
+            out[i] = int(km)
         else:
             out[i] = min(int(np.searchsorted(truncated, ui * truncated[-1], side="right")), int(km))
     return out

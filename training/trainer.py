@@ -26,6 +26,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import load_model_config
 from models.policy import AsyncVLAPolicy
 from training import resume_state
+from training.age_recipe import age_plan, staleness_config
 from training.config import TrainConfig
 from training.dataset import (
     AlignmentConfig,
@@ -106,12 +107,15 @@ class Trainer:
             policy.set_stage(cfg.stage)
             self.policy = policy.train()
         pcfg = self.policy.config
+        self.ages = age_plan(cfg.age_recipe, pcfg, cfg.vlm_latency_s, cfg.vlm_period_s, cfg.vlm_profile)
+        pcfg.staleness = staleness_config(self.ages)  # travels in every checkpoint this run writes
         self.align = AlignmentConfig(
             window=pcfg.sensor.window,
             horizon=pcfg.action_expert.horizon,
             dt_s=pcfg.action_period_s,
-            reuse=pcfg.vlm_reuse_count,
-            age_weights=tuple(cfg.age_weights) if cfg.age_weights else None,
+            reuse=self.ages.reuse,
+            age_weights=self.ages.age_weights,
+            group_offset=self.ages.first_k,
         )
         self._open_data()
         self.features = self._feature_source() if cfg.stage == 1 else None
@@ -326,7 +330,12 @@ class Trainer:
                     vl_mask = vl_mask.repeat_interleave(batch["group_size"], dim=0)
                 with self._autocast():
                     pred = policy.predict_actions(
-                        vl, batch["sensor_window"], batch["vl_age_s"], vl_mask, batch["robot_state"]
+                        vl,
+                        batch["sensor_window"],
+                        batch["vl_age_s"],
+                        vl_mask,
+                        batch["robot_state"],
+                        motion=batch["motion"],
                     )
                 err = (pred.float() - batch["target_actions"]).abs() * mask[..., None]
                 abs_sum += err.sum(dim=(0, 1)).double().cpu()

@@ -55,6 +55,7 @@ from insertion_vla_ros.runtime.controller import ControllerSettings, TickControl
 from insertion_vla_ros.runtime.hold_policy import FeatureInfo  # noqa: E402
 from insertion_vla_ros.runtime.latest_worker import LatestWorker  # noqa: E402
 from insertion_vla_ros.runtime.tick_clock import TickClock  # noqa: E402
+from models.action_expert import MOTION_DIM  # noqa: E402
 from models.pose_math import pose_from_ros  # noqa: E402
 
 NODE_NAME = "action_expert_node"
@@ -173,7 +174,7 @@ class ActionExpertNode(ManagedNode):
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
         )
-        if self.controller.settings.state_dim:
+        if self.controller.settings.state_dim or self.controller.settings.motion_input:
             from geometry_msgs.msg import PoseStamped
 
             subscribe(  # own group: never queued behind the 650 Hz sensor callback
@@ -272,7 +273,8 @@ class ActionExpertNode(ManagedNode):
         encoded = self.policy.encode_vl_features(np.zeros((4, cfg.vlm.hidden_size), np.float32))
         window = np.zeros((cfg.sensor.window, cfg.sensor.channels), np.float32)
         state = np.zeros(cfg.action_expert.state_dim, np.float32) if cfg.action_expert.state_dim else None
-        self.policy.predict_actions(encoded, window, 0.0, robot_state=state)
+        motion = np.zeros(MOTION_DIM, np.float32) if cfg.action_expert.motion_input else None
+        self.policy.predict_actions(encoded, window, 0.0, robot_state=state, motion=motion)
 
     def on_parameter_changed(self, name: str, value: Any) -> None:
         """Hand a changed tick parameter (force guard, maximum ages, tolerances) to the controller."""

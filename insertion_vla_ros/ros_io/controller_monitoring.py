@@ -172,6 +172,7 @@ def _features_task(
             "last sequence": entry.info.sequence if entry else -1,
             "age at last tick (s)": age,
             "max age (s)": controller.settings.vl_max_age_s,
+            "trained ages (s)": _trained(controller),
             "expected fingerprint": controller.settings.expected_fingerprint or "(not checked)",
         },
     )
@@ -183,11 +184,21 @@ def _features_task(
     )
     if active and (newest_is_bad or rejected_since_good) and stats.last_error:
         task.merge(Level.ERROR, stats.last_error)
+    outside = controller.age_outside_training(age) if result is not None and result.ok else ""
+    if active and outside:
+        task.merge(Level.WARN, outside)
     if active and entry is None:
         task.merge(Level.WARN, "no VLFeatures received yet")
     elif active and reason.startswith(("vl_features_", "fingerprint_mismatch", "time_jump_back")):
         task.merge(Level.WARN if np.isfinite(age) else Level.ERROR, reason)
     return task
+
+
+def _trained(controller: TickController) -> str:
+    trained = controller.settings.trained_ages_s
+    if trained is None:
+        return "unknown recipe (the checkpoint does not record its training ages)"
+    return f"{trained[0]:.2f}-{trained[1]:.2f}"
 
 
 def _safety_task(prefix: str, controller: TickController) -> TaskStatus:

@@ -29,7 +29,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from contracts.constants import ACTION_PERIOD_S, DEFAULT_RATE_LIMITS, DEFAULT_STEP_LIMITS, NS_PER_S
+from contracts.constants import (
+    ACTION_PERIOD_S,
+    DEFAULT_RATE_LIMITS,
+    DEFAULT_STEP_LIMITS,
+    NS_PER_S,
+    POSE_RATE_HZ,
+)
 from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N, force_problem
 from insertion_vla_ros.runtime.hold_policy import (
     ChunkStatus,
@@ -42,6 +48,7 @@ from insertion_vla_ros.runtime.hold_policy import (
 from insertion_vla_ros.runtime.robot_state import RobotStateBuffer
 from insertion_vla_ros.runtime.safety import SafetyLimiter
 from insertion_vla_ros.runtime.sensor_buffer import SensorRingBuffer
+from models.pose_math import pose_delta
 
 DEFAULT_SENSOR_RATE_TOLERANCE = 0.05
 """Largest relative difference between the sensor's declared or measured rate and the checkpoint's."""
@@ -67,6 +74,19 @@ class Policy(Protocol):
         """A chunk ``[H, D]`` for one tick."""
 
 
+def default_max_age_s(config: Any) -> float:
+    """The maximum feature age a node accepts by default: the trained range plus one period of slack.
+
+    With a known recipe, ages beyond the oldest one trained on plus a quarter VLM period (a late VLM
+    result) are held; an unknown recipe falls back to ``action_expert.max_age_s``.
+    """
+    staleness = config.staleness
+    if not staleness.known:
+        return float(config.action_expert.max_age_s)
+    period = staleness.vlm_period_s or config.vlm_period_s
+    return float(staleness.max_age_s + config.action_period_s + 0.25 * period)
+
+
 @dataclass(frozen=True)
 class ControllerSettings:
     """What a tick is judged by. :meth:`from_policy` takes the shapes from the checkpoint's config."""
@@ -78,7 +98,10 @@ class ControllerSettings:
     action_dim: int
     force_channels: int = 1
     state_dim: int = 0
+    motion_input: bool = False
     vl_max_age_s: float = 3.4
+    trained_ages_s: tuple[float, float] | None = None
+    """Feature ages the policy was trained on (``None``: unknown recipe); reported, not enforced."""
     expected_fingerprint: str | None = None
     sensor_max_age_s: float = 0.1
     sensor_gap_tolerance_samples: int = 0
@@ -107,12 +130,17 @@ class ControllerSettings:
             "horizon": cfg.action_expert.horizon,
             "action_dim": cfg.action_expert.action_dim,
             "state_dim": cfg.action_expert.state_dim,
-            "vl_max_age_s": cfg.action_expert.max_age_s,
+            "motion_input": cfg.action_expert.motion_input,
+            "vl_max_age_s": default_max_age_s(cfg),
+            "trained_ages_s": (cfg.staleness.min_age_s, cfg.staleness.max_age_s)
+            if cfg.staleness.known
+            else None,
             "expected_fingerprint": policy.fingerprint if check_fingerprint else None,
         }
+        defaults = dict(values)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values.get("vl_max_age_s"):
-            values["vl_max_age_s"] = cfg.action_expert.max_age_s
+            values["vl_max_age_s"] = defaults["vl_max_age_s"]
         for name in ("step_limits", "rate_limits"):
             values[name] = tuple(float(v) for v in values.get(name, getattr(cls, name)))
         return cls(**values)
@@ -194,7 +222,9 @@ class TickController:
             settings.sample_rate_hz,
             rate_tolerance=settings.sensor_rate_tolerance,
         )
-        self.poses = RobotStateBuffer()
+        # the pose buffer reaches back over the oldest feature age a tick may use (motion since capture)
+        pose_seconds = settings.vl_max_age_s + 1.0 if settings.motion_input else 1.0
+        self.poses = RobotStateBuffer(capacity=int(pose_seconds * POSE_RATE_HZ * 1.2) + 8)
         self.safety = SafetyLimiter(settings.step_limits, settings.rate_limits)
         self.holds = HoldTracker()
         self.stats = TickStats()
@@ -297,9 +327,11 @@ class TickController:
             gap_tolerance_samples=s.sensor_gap_tolerance_samples,
         )
         entry = self.newest_features(tick_ns)
-        state, state_problem = None, ""
-        if s.state_dim:
+        state, state_problem, motion = None, "", None
+        if s.state_dim or s.motion_input:
             state, state_problem = self.poses.state_at(tick_ns, int(s.pose_max_age_s * NS_PER_S))
+        if s.motion_input and not state_problem and entry is not None:
+            motion, state_problem = self._motion_since(entry.info.stamp_ns, state)
         decision = self._jump_hold(window.ok, entry) or check_inputs(
             tick_ns,
             None if entry is None else entry.info,
@@ -318,8 +350,9 @@ class TickController:
         if decision.ok:
             started = time.perf_counter()
             try:
+                extra = {"motion": motion} if s.motion_input else {}
                 raw = self.policy.predict_actions(
-                    entry.encoded, window.samples, decision.vl_age_s, robot_state=state
+                    entry.encoded, window.samples, decision.vl_age_s, robot_state=state, **extra
                 )
                 raw = np.asarray(
                     raw.detach().to("cpu").numpy() if hasattr(raw, "detach") else raw, np.float32
@@ -356,6 +389,24 @@ class TickController:
                 self.stats.last_latency_s = latency
             self.stats.last_result = result
         return result
+
+    def _motion_since(self, capture_ns: int, state: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """Pose change from the features' capture to the tick, from the pose buffer (as training does)."""
+        then, problem = self.poses.pose_at(capture_ns, int(self.settings.pose_max_age_s * NS_PER_S))
+        if problem:
+            return None, problem
+        return pose_delta(then.astype(np.float64), state.astype(np.float64))[:6].astype(np.float32), ""
+
+    def age_outside_training(self, age_s: float) -> str:
+        """A diagnostics note when ``age_s`` lies outside the trained ages (``""`` inside or unknown)."""
+        trained = self.settings.trained_ages_s
+        if trained is None or not np.isfinite(age_s):
+            return ""
+        low, high = trained
+        slack = self.settings.period_s
+        if low - slack <= age_s <= high + slack:
+            return ""
+        return f"feature age {age_s:.2f} s outside the trained ages {low:.2f}-{high:.2f} s"
 
     def _jump_hold(self, window_ok: bool, entry: FeatureEntry | None) -> Decision | None:
         """HOLD ``time_jump_back`` while the inputs still predate the last backward jump."""

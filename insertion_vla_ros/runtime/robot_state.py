@@ -21,6 +21,7 @@ class RobotStateBuffer:
     """Recent measured poses ``[x, y, z (mm), rotation vector (rad), gripper]`` by stamp; thread-safe."""
 
     def __init__(self, capacity: int = 64) -> None:
+        """Keep the newest ``capacity`` poses (enough to reach back to a feature's capture stamp)."""
         self._entries: deque[tuple[int, np.ndarray]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self.rejected = 0
@@ -39,6 +40,23 @@ class RobotStateBuffer:
         """Forget every pose (on cleanup)."""
         with self._lock:
             self._entries.clear()
+
+    def pose_at(self, stamp_ns: int, max_age_ns: int) -> tuple[np.ndarray | None, str]:
+        """The newest pose at or before ``stamp_ns`` (an earlier instant, e.g. a feature's capture).
+
+        ``robot_state_missing`` when the buffer does not reach back that far (its oldest pose is newer)
+        or the pose found is more than ``max_age_ns`` before the instant.
+        """
+        with self._lock:
+            entries = list(self._entries)
+        usable = [(stamp, pose) for stamp, pose in entries if stamp <= stamp_ns]
+        if not usable:
+            return None, "robot_state_missing: the pose buffer does not reach back to the features' capture"
+        stamp, pose = max(usable, key=lambda entry: entry[0])
+        if stamp_ns - stamp > max_age_ns:
+            gap_s, limit_s = (stamp_ns - stamp) / NS_PER_S, max_age_ns / NS_PER_S
+            return None, f"robot_state_missing: no pose within {limit_s:.3f} s of the capture ({gap_s:.3f} s)"
+        return pose, ""
 
     def state_at(self, tick_ns: int, max_age_ns: int) -> tuple[np.ndarray | None, str]:
         """(newest pose stamped ``<= tick_ns``, "") or (None, reason) when there is none or it is too old."""

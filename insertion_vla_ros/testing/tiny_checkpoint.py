@@ -12,11 +12,16 @@ from pathlib import Path
 
 
 def build_tiny_checkpoint(
-    out_dir: str | Path, *, seed: int = 0, action_std: Sequence[float] | None = None
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    action_std: Sequence[float] | None = None,
+    motion_input: bool = False,
 ) -> Path:
     """Write ``OUT_DIR/vlm`` (tiny Qwen2.5-VL) and ``OUT_DIR/checkpoint``; return the checkpoint path.
 
-    ``action_std`` overrides the action normalisation (e.g. huge values to provoke non-finite outputs).
+    ``action_std`` overrides the action normalisation (e.g. huge values to provoke non-finite outputs);
+    ``motion_input`` gives the action expert the motion-since-capture input.
     """
     import torch
 
@@ -31,6 +36,7 @@ def build_tiny_checkpoint(
         build_tiny_qwen2_5_vl(vlm_dir, seed=seed)
     config = load_model_config("tiny")
     config.vlm.model_name_or_path = str(vlm_dir)
+    config.action_expert.motion_input = motion_input
     torch.manual_seed(seed)
     policy = AsyncVLAPolicy(config.validate(), load_vlm=True)
     if action_std is not None:
