@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 IN_ENV := scripts/in-env
 
-.PHONY: all bootstrap test test-fast demo lint clean
+.PHONY: all bootstrap bootstrap-jazzy test test-fast test-jazzy demo lint clean
 
 all: test
 
@@ -17,6 +17,14 @@ test: bootstrap
 test-fast: bootstrap
 	@$(IN_ENV) python -m pytest test -m "not slow" $(PYTEST_ARGS)
 
+bootstrap-jazzy:
+	@scripts/bootstrap jazzy
+
+## make test-jazzy: the ROS-facing tests (marker `ros`, set by test/conftest.py) again on ROS 2 Jazzy:
+## .venv-jazzy (Jazzy wheels; torch & co. shared from .venv), install-jazzy/, the same test files.
+test-jazzy: bootstrap-jazzy
+	@$(IN_ENV) --distro jazzy python -m pytest test -m ros $(PYTEST_ARGS)
+
 ## make demo: the main job on the embedded default (simulated rig, closed loop, real ROS 2 nodes).
 demo: bootstrap
 	@$(IN_ENV) demo $(DEMO_ARGS)
@@ -26,4 +34,5 @@ lint: bootstrap
 
 clean:
 	rm -rf .venv build install log .env.sh .pytest_cache .ruff_cache demo_output
+	rm -rf .venv-jazzy build-jazzy install-jazzy .env-jazzy.sh
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
