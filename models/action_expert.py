@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from models.config import ActionExpertConfig
+from models.grounding import OFFSET_SCALE_MM, GroundingHead, GroundingHeadConfig
 
 MOTION_DIM = 6
 """Motion since capture: translation (mm) and rotation vector (rad) of pose(t) relative to pose(capture)."""
@@ -63,9 +64,13 @@ def fourier_features(x: torch.Tensor, count: int) -> torch.Tensor:
 
 
 class VLResampler(nn.Module):
-    """``[B, T, Hvl]`` (+ bool mask, True = real) -> ``[B, n_latents, d]`` via one cross-attention block."""
+    """``[B, T, Hvl]`` (+ bool mask, True = real) -> ``[B, n_latents, d]`` via one cross-attention block.
 
-    def __init__(self, vl_hidden: int, cfg: ActionExpertConfig):
+    With a ``grounding`` head config, the VLM's grounding head (loaded by the trainer from the VLM folder,
+    frozen) reads the instructed target's offset from the tokens and an MLP embeds it as one more latent.
+    """
+
+    def __init__(self, vl_hidden: int, cfg: ActionExpertConfig, grounding: GroundingHeadConfig | None = None):
         super().__init__()
         self.in_norm = nn.LayerNorm(vl_hidden)
         self.proj = nn.Linear(vl_hidden, cfg.d_model)
@@ -81,6 +86,12 @@ class VLResampler(nn.Module):
             nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model),
         )
         self.out_norm = nn.LayerNorm(cfg.d_model)
+        self.grounding = None
+        if grounding is not None:
+            self.grounding = GroundingHead(grounding).requires_grad_(False)
+            self.grounding_embed = nn.Sequential(
+                nn.Linear(2, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model)
+            )
 
     def forward(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compress VL tokens; masked-out tokens (False) never contribute."""
@@ -92,17 +103,36 @@ class VLResampler(nn.Module):
         padding = None if mask is None else ~mask
         attended, _ = self.attn(queries, keys, keys, key_padding_mask=padding, need_weights=False)
         latents = queries + attended
-        return self.out_norm(latents + self.ffn(latents))
+        latents = self.out_norm(latents + self.ffn(latents))
+        if self.grounding is None:
+            return latents
+        return torch.cat([latents, self._grounding_latent(vl, mask)], dim=1)
+
+    def _grounding_latent(self, vl: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        tokens = self.grounding.config.num_views * self.grounding.config.tokens_per_view
+        if vl.shape[1] < tokens or (mask is not None and not bool(mask[:, :tokens].all())):
+            raise ValueError(f"the grounding read-out needs all {tokens} vision tokens of every feature")
+        offset_mm = self.grounding(vl[:, :tokens]).offset_mm
+        return self.grounding_embed(offset_mm / OFFSET_SCALE_MM)[:, None]
 
 
 class ActionExpert(nn.Module):
     """See the module docstring; works in normalised action space (the policy de-normalises)."""
 
-    def __init__(self, cfg: ActionExpertConfig, vl_hidden: int, num_sensor_tokens: int):
+    def __init__(
+        self,
+        cfg: ActionExpertConfig,
+        vl_hidden: int,
+        num_sensor_tokens: int,
+        grounding: GroundingHeadConfig | None = None,
+    ):
+        """``grounding``: the VLM's grounding head shape, exactly when ``cfg.grounding_input``."""
         super().__init__()
+        if cfg.grounding_input != (grounding is not None):
+            raise ValueError("pass the grounding head config exactly when action_expert.grounding_input")
         self.cfg = cfg
         d = cfg.d_model
-        self.resampler = VLResampler(vl_hidden, cfg)
+        self.resampler = VLResampler(vl_hidden, cfg, grounding)
         self.age_mlp = nn.Sequential(nn.Linear(2 * 8 + 1, d), nn.GELU(), nn.Linear(d, d))
         self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # age, sensor, VL
         self.context_encoder = nn.TransformerEncoder(
@@ -129,7 +159,7 @@ class ActionExpert(nn.Module):
 
     # ------------------------------------------------------------------------------------ building blocks
     def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Cacheable VL compression ``[B, T, Hvl]`` -> ``[B, vl_latents, d]``."""
+        """Cacheable VL compression ``[B, T, Hvl]`` -> ``[B, cfg.encoded_vl_tokens, d]``."""
         return self.resampler(vl, mask)
 
     def age_embedding(self, age_s: torch.Tensor) -> torch.Tensor:

@@ -165,6 +165,16 @@ class ActionExpertConfig:
     # the scene as the cameras saw it at capture; the tool camera rides on the needle, so by the time the
     # feature is used the robot has moved by this much, which its current state alone cannot tell.
     motion_input: bool = False
+    # Grounding read-out: the VLM's own Stage 0 grounding head (``models.grounding``, shipped beside the
+    # VLM weights, frozen) reads the instructed target's offset from the VL tokens, and its estimate is one
+    # more VL latent. A pretrained read-out the few demonstrations of Stage 1 could never learn themselves;
+    # it sees nothing but the features. Needs ``vl_token_positions`` (the head's token grid).
+    grounding_input: bool = False
+
+    @property
+    def encoded_vl_tokens(self) -> int:
+        """Tokens ``encode_vl`` returns per feature: the resampler's latents (+ the grounding latent)."""
+        return self.vl_latents + int(self.grounding_input)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an unknown head or sizes that do not divide."""
@@ -188,6 +198,10 @@ class ActionExpertConfig:
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"action_expert.d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.grounding_input and not self.vl_token_positions:
+            raise ConfigError(
+                "action_expert.grounding_input needs vl_token_positions (the head's token grid)"
             )
 
 

@@ -26,7 +26,7 @@ class GraphedActionHead:
         self.policy = policy
         cfg = policy.config
         ae = cfg.action_expert
-        self.latents = torch.zeros(1, ae.vl_latents, ae.d_model, device=device)
+        self.latents = torch.zeros(1, ae.encoded_vl_tokens, ae.d_model, device=device)
         self.window = torch.zeros(1, cfg.sensor.window, cfg.sensor.channels, device=device)
         self.age = torch.zeros(1, device=device)
         self.state = torch.zeros(1, ae.state_dim, device=device) if ae.state_dim else None
@@ -57,15 +57,51 @@ class GraphedActionHead:
         """
         state = self.policy.normalized_state(robot_state, 1)
         moved = self.policy.normalized_motion(motion, 1)
+        return self.replay(latents, window, torch.as_tensor(age_s, dtype=torch.float32), state, moved)
+
+    @torch.no_grad()
+    def replay(
+        self,
+        latents: torch.Tensor,
+        window: torch.Tensor,
+        age_s: torch.Tensor,
+        state: torch.Tensor | None,
+        motion: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Replay with inputs already checked and normalised (``AsyncVLAPolicy.head_forward``'s arguments)."""
         with torch.cuda.stream(self.stream):
             if state is not None:
                 self.state.copy_(state, non_blocking=True)
-            if moved is not None:
-                self.motion.copy_(moved, non_blocking=True)
+            if motion is not None:
+                self.motion.copy_(motion, non_blocking=True)
             self.latents.copy_(latents, non_blocking=True)
             self.window.copy_(window, non_blocking=True)
-            self.age.copy_(torch.as_tensor(age_s, dtype=torch.float32).reshape(1), non_blocking=True)
+            self.age.copy_(age_s.reshape(1), non_blocking=True)
             self.graph.replay()
             result = self.output.clone()
         self.stream.synchronize()
         return result
+
+
+def tick_runner(policy: AsyncVLAPolicy, cuda_graphs: bool, high_priority_stream: bool):
+    """The per-tick head for ``AsyncVLAPolicy.set_tick_runner`` (``None``: the plain ``head_forward``).
+
+    ``cuda_graphs`` replays batch-1 ticks from a CUDA graph; ``high_priority_stream`` runs them on the
+    highest-priority stream (``models.fast_path.action_stream``), so queued VLM kernels do not delay them.
+    Both need the policy on a CUDA device.
+    """
+    if not (cuda_graphs or high_priority_stream):
+        return None
+    from models.fast_path import action_stream
+
+    stream = action_stream(policy.device) if high_priority_stream else None
+    if cuda_graphs:
+        return GraphedActionHead(policy, stream=stream).replay
+
+    def on_stream(latents, window, age_s, state, motion):
+        with torch.cuda.stream(stream):
+            out = policy.head_forward(latents, window, age_s, state, motion)
+        stream.synchronize()
+        return out
+
+    return on_stream

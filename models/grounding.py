@@ -23,6 +23,7 @@ is visible in) train much faster than one global regression. Saved beside the VL
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +52,20 @@ class GroundingHeadConfig:
     def tokens_per_view(self) -> int:
         """Vision tokens of one view."""
         return self.grid_h * self.grid_w
+
+
+def token_grid(tokens_per_view: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, cols) grid of a view's ``tokens_per_view`` tokens for an image of ``image_hw`` (H, W).
+
+    Raises ``ValueError`` when no grid of that aspect ratio holds exactly that many tokens.
+    """
+    rows = max(1, round(math.sqrt(tokens_per_view * image_hw[0] / image_hw[1])))
+    cols = tokens_per_view // rows
+    if rows * cols != tokens_per_view:
+        raise ValueError(
+            f"{tokens_per_view} tokens per view form no grid for a {image_hw[0]}x{image_hw[1]} image"
+        )
+    return rows, cols
 
 
 class GroundingOutput(NamedTuple):

@@ -35,6 +35,7 @@ from contracts.constants import ACTION_NAMES
 from models import lora as lora_utils
 from models.action_expert import MOTION_DIM, ActionExpert
 from models.config import PolicyConfig
+from models.grounding import GroundingHeadConfig, load_grounding_head, token_grid
 from models.model_identity import weights_identity
 from models.sensor_encoder import SensorEncoder
 from models.vlm import VLFeatureExtractor, VLFeatureMeta
@@ -52,7 +53,7 @@ class PolicyOutput(NamedTuple):
 
 @dataclass
 class EncodedVL:
-    """VL features after the action expert's resampler: ``latents`` ``[B, vl_latents, d_model]``.
+    """VL features after the action expert's resampler: ``latents`` ``[B, encoded_vl_tokens, d_model]``.
 
     Valid for the policy weights that produced it; compute once per VL feature, reuse for every tick.
     """
@@ -83,7 +84,9 @@ class AsyncVLAPolicy(nn.Module):
         self.config = config.validate()
         ae = config.action_expert
         self.sensor_encoder = SensorEncoder(config.sensor, ae.d_model)
-        self.action_expert = ActionExpert(ae, config.vlm.hidden_size, self.sensor_encoder.num_tokens)
+        self.action_expert = ActionExpert(
+            ae, config.vlm.hidden_size, self.sensor_encoder.num_tokens, grounding_head_config(config)
+        )
         self.register_buffer("action_mean", torch.zeros(ae.action_dim))
         self.register_buffer("action_std", torch.ones(ae.action_dim))
         if ae.state_dim:  # only then: checkpoints of state-free policies keep their exact keys
@@ -98,6 +101,7 @@ class AsyncVLAPolicy(nn.Module):
         self._merged_lora_hash: str | None = None
         self.lora_source_dir = None  # adapter folder of a checkpoint loaded without the VLM
         self._vl_cache: tuple | None = None
+        self._tick_runner: Any = None  # batch-1 replacement of head_forward (models.fast_graphs.tick_runner)
         self._vlm_identity: str | None = None
         self.last_vl_meta: VLFeatureMeta | None = None
         self.to(device)
@@ -218,6 +222,22 @@ class AsyncVLAPolicy(nn.Module):
         self.vlm_model = model
         self._merged_lora_hash = None
         return extractor
+
+    def load_grounding_from_vlm(self) -> None:
+        """Copy the grounding head saved beside the VLM's weights (Stage 0) into the grounding read-out.
+
+        For a fresh policy with ``action_expert.grounding_input``; checkpoints carry the head themselves.
+        Raises ``FileNotFoundError`` for a VLM without a head and ``ValueError`` for one of another shape.
+        """
+        from models.vlm import resolve_model_path
+
+        readout = self.action_expert.resampler.grounding
+        if readout is None:
+            raise ValueError("this policy has no grounding read-out (action_expert.grounding_input: false)")
+        head = load_grounding_head(resolve_model_path(self.config.vlm.model_name_or_path))
+        if head.config != readout.config:
+            raise ValueError(f"the VLM's grounding head is {head.config}, this policy reads {readout.config}")
+        readout.load_state_dict(head.state_dict())
 
     def merge_lora_for_inference(self) -> None:
         """Fold LoRA into the VLM weights (faster inference); the fingerprint keeps the adapter's hash."""
@@ -430,9 +450,17 @@ class AsyncVLAPolicy(nn.Module):
             raise ValueError(f"{latents.shape[0]} VL feature sets for {batch} sensor windows")
         state = self.normalized_state(robot_state, batch)
         moved = self.normalized_motion(motion, batch)
+        head = self._tick_runner if (self._tick_runner is not None and batch == 1) else self.head_forward
         with _eval_mode(self.sensor_encoder, self.action_expert):
-            actions = self.head_forward(latents, window, age, state, moved)
+            actions = head(latents, window, age, state, moved)
         return actions[0] if unbatched else actions
+
+    def set_tick_runner(self, runner: Any) -> None:
+        """Run batch-1 ticks through ``runner`` (``head_forward``'s arguments; ``None``: ``head_forward``).
+
+        The inputs are checked and normalised before the runner sees them (a CUDA graph checks nothing).
+        """
+        self._tick_runner = runner
 
     def head_forward(
         self,
@@ -458,6 +486,8 @@ class AsyncVLAPolicy(nn.Module):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.sensor_encoder.requires_grad_(True)
         self.action_expert.requires_grad_(True)
+        if self.action_expert.resampler.grounding is not None:  # trained in Stage 0 only
+            self.action_expert.resampler.grounding.requires_grad_(False)
         if self.vlm_model is not None:
             self.vlm_model.requires_grad_(False)
             if stage == 2:
@@ -542,6 +572,20 @@ class AsyncVLAPolicy(nn.Module):
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything except the VLM: sensor encoder, action expert, normalisation buffers."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vlm_model.")}
+
+
+def grounding_head_config(config: PolicyConfig) -> GroundingHeadConfig | None:
+    """The shape of the grounding read-out of ``config`` (``None`` without ``grounding_input``)."""
+    ae, vlm = config.action_expert, config.vlm
+    if not ae.grounding_input:
+        return None
+    if ae.vl_token_positions % vlm.num_views:
+        raise ValueError(
+            f"vl_token_positions {ae.vl_token_positions} is not a multiple of {vlm.num_views} views"
+        )
+    per_view = ae.vl_token_positions // vlm.num_views
+    grid = token_grid(per_view, (vlm.image_height, vlm.image_width))
+    return GroundingHeadConfig(vlm.hidden_size, vlm.num_views, *grid)
 
 
 class _eval_mode:

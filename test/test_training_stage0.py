@@ -99,7 +99,9 @@ def test_the_loss_falls_and_the_model_loads_like_a_downloaded_one(trained):
     head = load_grounding_head(model_dir)
     assert head.config.tokens_per_view == 16 and head.config.num_views == 5
     card = json.loads((model_dir / CARD_JSON).read_text())
-    assert card["sha256"]["model.safetensors"] == file_sha256(model_dir / "model.safetensors")
+    assert set(card["sha256"]) == {"model.safetensors", "grounding_head.safetensors"}
+    for name, digest in card["sha256"].items():
+        assert digest == file_sha256(model_dir / name), name
     assert card["steps"] == TINY["steps"] and card["config"]["eval_seed"] != card["config"]["seed"]
     assert {"median_mm", "p90_mm"} <= set(card["held_out"]) and card["wall_s"] > 0
     assert (model_dir / "MODEL_CARD.md").read_text().startswith("# tiny-sim")

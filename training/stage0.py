@@ -36,6 +36,7 @@ from tqdm import tqdm
 from contracts.episode import JPEG_QUALITY
 from models.config import VLMConfig, load_model_config
 from models.grounding import (
+    HEAD_WEIGHTS,
     GroundingHead,
     GroundingHeadConfig,
     GroundingTargets,
@@ -387,7 +388,7 @@ class Stage0Trainer:
             "held_out": {k.removeprefix("val/"): round(v, 4) for k, v in final.items()},
             "held_out_pairs": len(self.held_out) * len(TARGET_COLOURS),
             "parameters": sum(p.numel() for p in extractor.hf_model.parameters()),
-            "sha256": {WEIGHTS_NAME: file_sha256(staging / WEIGHTS_NAME)},
+            "sha256": {name: file_sha256(staging / name) for name in (WEIGHTS_NAME, HEAD_WEIGHTS)},
             "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
         }
         (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
@@ -484,7 +485,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- parameters: {card['parameters']:,}",
         f"- held-out offset error (target - tip, {card['held_out_pairs']} pairs): median "
         f"{held['median_mm']:.2f} mm, p90 {held['p90_mm']:.2f} mm",
-        f"- sha256 of {WEIGHTS_NAME}: `{card['sha256'][WEIGHTS_NAME]}`",
+        *(f"- sha256 of {name}: `{digest}`" for name, digest in card["sha256"].items()),
         "",
         "Per phase / colour (median, mm): "
         + ", ".join(f"{k.removeprefix('median_mm_')} {v:.2f}" for k, v in held.items() if k.count("_") == 2),

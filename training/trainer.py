@@ -66,6 +66,8 @@ def build_policy(cfg: TrainConfig, device: torch.device, load_vlm: bool) -> Asyn
         policy = load_checkpoint(cfg.init_checkpoint, device=device, load_vlm=load_vlm)
     else:
         policy = AsyncVLAPolicy(load_model_config(cfg.model), load_vlm=load_vlm, device=device)
+        if policy.config.action_expert.grounding_input:
+            policy.load_grounding_from_vlm()
     policy.set_stage(cfg.stage)
     return policy.train()
 
