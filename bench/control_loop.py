@@ -10,7 +10,12 @@ its own process on an isolated DDS domain, waits for the first OK chunk, then ob
 - sensor samples lost: growth of the action expert's dropped-sample counter (gaps + out of order);
 - VL age: ``vl_age_s`` of the OK chunks.
 
-``python bench/control_loop.py [--quick] [--checkpoint DIR]`` prints one JSON object (bench/_common).
+Each variant (``VARIANTS``: executor, core pinning, priority) runs in turn with the same inputs; the
+headline keys are the default settings', every other variant adds ``<variant>_tick_jitter_p99_ms``, its
+missed ticks and lost samples, and ``<variant>_jitter_p99_ratio`` against the default (ratios survive a
+noisy machine better than absolute times).
+
+``python bench/control_loop.py [--quick] [--variants ...] [--checkpoint DIR]`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -33,11 +38,18 @@ CONFIG = REPO / "config" / "insertion_vla.yaml"
 NS = 1_000_000_000
 
 
-def start(module: str, ros_args: list[str], log: Path) -> subprocess.Popen:
+def start(module: str, ros_args: list[str], log: Path, cores: set[int] | None = None) -> subprocess.Popen:
     out = open(log, "w")  # noqa: SIM115 - the process owns it until the end of the bench
     return subprocess.Popen(
-        [sys.executable, "-m", module, "--ros-args", *ros_args], stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", module, "--ros-args", *ros_args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
     )
+
+
+def _cores(text: str | None) -> set[int] | None:
+    return None if text is None else {int(c) for c in text.strip("[]").split(",")}
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -50,7 +62,28 @@ def stop(process: subprocess.Popen) -> int:
         return process.wait()
 
 
+VARIANTS = ("default", "events_executor", "pinned", "pinned_events", "priority")
+"""``default``: the package YAML. ``events_executor``: the action expert on rclpy's EventsExecutor.
+``pinned``: the action expert on the last core, the VLM and the inputs on the others. ``pinned_events``:
+both. ``priority``: the action expert at SCHED_FIFO 50 (nice -10 where that is refused too)."""
+
+
+def variant_params(name: str, cores: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(action expert, vlm) parameter overrides of a variant on a machine with ``cores`` cores."""
+    expert: dict[str, str] = {}
+    vlm: dict[str, str] = {}
+    if name in ("events_executor", "pinned_events"):
+        expert["executor"] = "events"
+    if name in ("pinned", "pinned_events") and cores >= 2:
+        expert["cpu_affinity"] = f"[{cores - 1}]"
+        vlm["cpu_affinity"] = "[" + ",".join(str(c) for c in range(cores - 1)) + "]"
+    if name == "priority":
+        expert["realtime_priority"] = "50"
+    return expert, vlm
+
+
 def main() -> None:
+    """Run every variant (``--variants``) one after another and emit one JSON with ratios to default."""
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=None, help="observed seconds (default 60, quick 8)")
     parser.add_argument(
@@ -64,8 +97,14 @@ def main() -> None:
     parser.add_argument(
         "--inject-latency", type=float, default=0.0, help="extra VLM latency per inference, s"
     )
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=None, help="default: all (quick: default, pinned)"
+    )
     args = parser.parse_args()
     duration = args.duration or (8.0 if args.quick else 60.0)
+    variants = args.variants or (["default", "pinned"] if args.quick else list(VARIANTS))
+    if "default" not in variants:
+        variants = ["default", *variants]
 
     os.environ["ROS_DOMAIN_ID"] = str(120 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -75,46 +114,61 @@ def main() -> None:
         from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
 
         checkpoint = build_tiny_checkpoint(work / "policy")
-    common = ["--params-file", str(CONFIG)]
-    processes = {
-        "rig": start(
-            "insertion_vla_ros.testing.synthetic_inputs", ["-p", "camera_rate_hz:=10.0"], work / "rig.log"
-        ),
-        "vlm_node": start(
-            "insertion_vla_ros.nodes.vlm_node",
-            [
-                *common,
-                *[
-                    "-p",
-                    f"vlm_node:checkpoint:={checkpoint}",
-                    "-p",
-                    "vlm_node:autostart:=true",
-                    "-p",
-                    f"vlm_node:vlm_period_s:={args.vlm_period}",
-                    "-p",
-                    f"vlm_node:inject_latency_s:={args.inject_latency}",
-                    "-p",
-                    f"vlm_node:torch_threads:={args.vlm_threads}",
-                ],
-            ],
-            work / "vlm_node.log",
-        ),
-        "action_expert_node": start(
-            "insertion_vla_ros.nodes.action_expert_node",
-            [
-                *common,
-                *[
-                    "-p",
-                    f"action_expert_node:checkpoint:={checkpoint}",
-                    "-p",
-                    "action_expert_node:autostart:=true",
-                    "-p",
-                    f"action_expert_node:executor_threads:={args.executor_threads}",
-                ],
-            ],
-            work / "action_expert_node.log",
-        ),
+    import rclpy
+
+    rclpy.init()
+    results: dict[str, dict] = {}
+    intervals: dict[str, np.ndarray] = {}
+    try:
+        for name in variants:
+            expert, vlm = variant_params(name, os.cpu_count() or 1)
+            results[name], intervals[name] = run_variant(args, checkpoint, work / name, duration, expert, vlm)
+            print(f"{name}: jitter p99 {results[name]['tick_jitter_p99_ms']:.2f} ms", file=sys.stderr)
+    finally:
+        rclpy.try_shutdown()
+    metrics = dict(results["default"])  # the headline keys stay the default settings'
+    for name, values in results.items():
+        if name == "default":
+            continue
+        for key in ("tick_jitter_p50_ms", "tick_jitter_p99_ms", "missed_ticks", "sensor_samples_lost"):
+            metrics[f"{name}_{key}"] = values[key]
+        base = results["default"]["tick_jitter_p99_ms"]
+        metrics[f"{name}_jitter_p99_ratio"] = values["tick_jitter_p99_ms"] / base if base else float("nan")
+        metrics[f"{name}_process"] = values["process"]
+    if args.out is not None:
+        save_histogram(
+            args.out / "control_loop_tick_interval.png",
+            {name: values * 1e3 for name, values in intervals.items()},
+            "interval between consecutive ActionChunks at the subscriber (ms)",
+            "chunks",
+        )
+    config = {
+        "quick": args.quick,
+        "duration_s": duration,
+        "variants": variants,
+        "vlm_period_s": args.vlm_period,
+        "inject_latency_s": args.inject_latency,
+        "vlm_torch_threads": args.vlm_threads,
+        "executor_threads": args.executor_threads,
+        "cameras": 5,
+        "camera_rate_hz": 10.0,
+        "sensor_rate_hz": 650.0,
+        "samples_per_message": 13,
+        "action_period_s": 0.1,
+        "checkpoint": str(checkpoint),
+        "load_average_1min": os.getloadavg()[0],
     }
+    emit("control_loop", config, metrics, args.out)
+
+
+def _params(node: str, values: dict[str, str]) -> list[str]:
+    return [item for name, value in values.items() for item in ("-p", f"{node}:{name}:={value}")]
+
+
+def run_variant(
+    args, checkpoint: Path, work: Path, duration: float, expert: dict[str, str], vlm: dict[str, str]
+) -> tuple[dict, np.ndarray]:
+    """Start the three processes with these overrides, observe ``duration`` s, stop them; the metrics."""
     import rclpy
     from insertion_vla_msgs.msg import ActionChunk, ControllerStatus, VLFeatures
 
@@ -122,7 +176,40 @@ def main() -> None:
     from insertion_vla_ros.ros_io.qos import LATCHED_QOS, RELIABLE_QOS
     from insertion_vla_ros.ros_io.time_conversions import stamp_to_ns
 
-    rclpy.init()
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--params-file", str(CONFIG)]
+    vlm_values = {
+        "checkpoint": str(checkpoint),
+        "autostart": "true",
+        "vlm_period_s": str(args.vlm_period),
+        "inject_latency_s": str(args.inject_latency),
+        "torch_threads": str(args.vlm_threads),
+        **vlm,
+    }
+    expert_values = {
+        "checkpoint": str(checkpoint),
+        "autostart": "true",
+        "executor_threads": str(args.executor_threads),
+        **expert,
+    }
+    processes = {
+        "rig": start(
+            "insertion_vla_ros.testing.synthetic_inputs",
+            ["-p", "camera_rate_hz:=10.0"],
+            work / "rig.log",
+            cores=_cores(vlm.get("cpu_affinity")),  # the inputs share the VLM's cores when pinned
+        ),
+        "vlm_node": start(
+            "insertion_vla_ros.nodes.vlm_node",
+            [*common, *_params("vlm_node", vlm_values)],
+            work / "vlm_node.log",
+        ),
+        "action_expert_node": start(
+            "insertion_vla_ros.nodes.action_expert_node",
+            [*common, *_params("action_expert_node", expert_values)],
+            work / "action_expert_node.log",
+        ),
+    }
     node = rclpy.create_node("control_loop_bench")
     chunks: list[tuple[float, int, int, float]] = []  # (arrival s, stamp ns, status, vl_age_s)
     statuses: list = []
@@ -155,7 +242,6 @@ def main() -> None:
         measured = time.monotonic() - start_time
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
         codes = {name: stop(process) for name, process in processes.items()}
     arrivals = np.array([c[0] for c in window])
     stamps = np.array([c[1] for c in window], dtype=np.int64)
@@ -176,30 +262,17 @@ def main() -> None:
         "vlm_inference_p50_ms": float(np.median(features) * 1e3) if features else float("nan"),
         "duration_s": float(measured),
         "clean_exit": all(code == 0 for code in codes.values()),
+        "process": _process_line(work / "action_expert_node.log"),
     }
-    if args.out is not None:
-        save_histogram(
-            args.out / "control_loop_tick_interval.png",
-            {"tick interval": intervals * 1e3},
-            "interval between consecutive ActionChunks at the subscriber (ms)",
-            "chunks",
-        )
-    config = {
-        "quick": args.quick,
-        "duration_s": duration,
-        "vlm_period_s": args.vlm_period,
-        "inject_latency_s": args.inject_latency,
-        "vlm_torch_threads": args.vlm_threads,
-        "executor_threads": args.executor_threads,
-        "cameras": 5,
-        "camera_rate_hz": 10.0,
-        "sensor_rate_hz": 650.0,
-        "samples_per_message": 13,
-        "action_period_s": period_s,
-        "checkpoint": str(checkpoint),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    emit("control_loop", config, metrics, args.out)
+    return metrics, intervals
+
+
+def _process_line(log: Path) -> str:
+    """What the action expert reported about its process settings (applied or refused)."""
+    lines = [
+        line for line in log.read_text(errors="replace").splitlines() if "process" in line and "]: " in line
+    ]
+    return " | ".join(line.split("]: ", 1)[1] for line in lines) or "default"
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def default_steps(extractor: VLFeatureExtractor, quantization: str) -> dict[str,
     }
     if cuda and importlib.util.find_spec("flash_attn") is not None:
         steps["flash_attention_2"] = FastPathConfig(attn_implementation="flash_attention_2")
+    steps["batched_vision_attention"] = FastPathConfig(vision_attention="batched")
     steps["bounded_pixels"] = FastPathConfig(max_pixels=max(cfg.min_pixels, cfg.max_pixels // 2))
     steps["token_trim"] = FastPathConfig(trim_tail=True)
     steps["pooled_tokens"] = FastPathConfig(token_selection="pooled", trim_tail=True)
@@ -57,8 +58,11 @@ def default_steps(extractor: VLFeatureExtractor, quantization: str) -> dict[str,
     for method in quantization.split(","):  # e.g. "int8_weight_only,int8_dynamic"
         steps[f"quant_{method}"] = FastPathConfig(quantization=method)
     steps["compile"] = FastPathConfig(compile=True, **static)
+    steps["compile_batched_vision"] = FastPathConfig(compile=True, vision_attention="batched", **static)
     if cuda:
-        steps["combined"] = FastPathConfig(compile=True, pin_memory=True, dedicated_stream=True, **static)
+        steps["combined"] = FastPathConfig(
+            compile=True, vision_attention="batched", pin_memory=True, dedicated_stream=True, **static
+        )
     return steps
 
 
@@ -67,6 +71,7 @@ def _changes_model(fast: FastPathConfig) -> bool:
         fast.dtype is not None
         or fast.attn_implementation is not None
         or fast.compile
+        or fast.vision_attention != "per_window"
         or (fast.quantization != "none")
     )
 

@@ -11,6 +11,8 @@
 * ``pad_to_multiple``: right-pad the sequence to a multiple of N tokens, so instructions of different
   lengths share a few static shapes (``torch.compile`` and CUDA graphs recompile on every new shape).
   Padding sits after every real token, so causal attention keeps the real tokens' features unchanged.
+* ``vision_attention="batched"``: the vision tower's windowed attention as one SDPA call per layer
+  instead of one per window (``models.vision_attention``; same features to float rounding).
 * ``compile``: ``torch.compile`` the language model and vision tower (``dynamic=False``).
 * ``quantization``: int8 / int4 weights (``models.quantize``).
 * ``pin_memory`` / ``dedicated_stream`` (CUDA only): inputs are prepared on the CPU, pinned and copied
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from models.config import ATTN_IMPLEMENTATIONS, DTYPES, TOKEN_SELECTIONS, ConfigError, VLMConfig
 from models.quantize import QUANTIZATIONS, quantize_vlm
+from models.vision_attention import VISION_ATTENTION, use_batched_vision_attention
 from models.vlm import (
     VLFeatureExtractor,
     VLFeatureMeta,
@@ -57,6 +60,7 @@ class FastPathConfig:
     token_selection: str | None = None
     trim_tail: bool = False
     pad_to_multiple: int = 0
+    vision_attention: str = "per_window"
     compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
@@ -71,6 +75,7 @@ class FastPathConfig:
             ("dtype", self.dtype, DTYPES),
             ("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS),
             ("token_selection", self.token_selection, TOKEN_SELECTIONS),
+            ("vision_attention", self.vision_attention, VISION_ATTENTION),
         )
         for name, value, allowed in checks:
             if value is not None and value not in allowed:
@@ -168,6 +173,8 @@ def prepare_model(model: torch.nn.Module, fast: FastPathConfig, device: str | to
         attn = resolve_attn_implementation(fast.attn_implementation, device)
         model.set_attn_implementation(attn)
         done["attn_implementation"] = attn
+    if fast.vision_attention == "batched":
+        done["vision_attention_batched_layers"] = use_batched_vision_attention(model)
     if fast.quantization != "none":
         done["quantization_backend"] = quantize_vlm(model, fast.quantization)
     if fast.compile:

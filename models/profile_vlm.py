@@ -9,7 +9,11 @@ warm-up. The rule (``recommend``): VLM period = p95 latency x (1 + margin), roun
 action periods; reuse count = period / action period; sensor window = sensor rate x action period; the
 VL staleness bound is two periods (one late inference is tolerated before HOLD). ``--write-config`` writes
 a copy of the nodes' parameter YAML with ``vlm_period_s``, ``action_period_s`` and ``vl_max_age_s`` set,
-usable as ``bringup --params-file`` or the launch file's ``config_file:=``.
+and the fast path profiled as vlm_node parameters (``nodes.fast_path_params``), usable as ``bringup
+--params-file`` or the launch file's ``config_file:=``. ``--search-fast-path`` first times every
+feature-preserving combination the node can switch on for this device (batched vision attention, static
+shapes, CUDA streams on a GPU) and profiles the fastest, so ``--write-config`` then holds the
+measured best set for the card at hand.
 """
 
 from __future__ import annotations
@@ -271,11 +275,56 @@ def default_node_params_file() -> Path:
     raise FileNotFoundError("node parameter file not found; looked in " + ", ".join(map(str, candidates)))
 
 
+def fast_path_node_params(fast: dict[str, Any]) -> dict[str, Any]:
+    """vlm_node parameters (``nodes.fast_path_params``) for a profiled ``FastPathConfig`` dict.
+
+    Raises ``ValueError`` for steps that are not node parameters (pixel bounds, token selection: they are
+    the feature layout, set in the model config the policy is trained with) or static shapes other than the
+    node's ``static_shapes`` (trim + pad to 64).
+    """
+    from models.fast_path import FastPathConfig
+
+    plain = FastPathConfig().to_dict()
+    changed = {k: v for k, v in fast.items() if v != plain[k]}
+    layout = sorted(set(changed) & {"min_pixels", "max_pixels", "token_selection"})
+    if layout:
+        raise ValueError(f"{layout} change the feature layout: set them in the model config, not the node")
+    static = changed.pop("trim_tail", False), changed.pop("pad_to_multiple", 0)
+    if static not in ((False, 0), (True, 64)):
+        raise ValueError("vlm_node's static_shapes is trim_tail + pad_to_multiple 64; profile with those")
+    streams = changed.pop("pin_memory", False), changed.pop("dedicated_stream", False)
+    if streams[0] != streams[1]:
+        raise ValueError("vlm_node's cuda_streams is pin_memory + dedicated_stream together")
+    params = {
+        "attn_implementation": fast["attn_implementation"] or "",
+        "vision_attention": fast["vision_attention"],
+        "static_shapes": static[0],
+        "compile": bool(fast["compile"]),
+        "compile_mode": fast["compile_mode"],
+        "cuda_streams": streams[0],
+        "vlm_dtype": fast["dtype"] or "",
+        "quantization": fast["quantization"],
+    }
+    node_steps = {
+        "dtype",
+        "attn_implementation",
+        "vision_attention",
+        "compile",
+        "compile_mode",
+        "quantization",
+    }
+    unknown = sorted(set(changed) - node_steps)
+    if unknown:
+        raise ValueError(f"{unknown} are not vlm_node parameters")
+    return params
+
+
 def node_params(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """``base`` (the nodes' YAML as a dict) with the recommended periods and staleness bound set."""
+    """``base`` (the nodes' YAML as a dict) with the recommended periods, staleness bound and fast path."""
     params = json.loads(json.dumps(base))  # deep copy of plain YAML data
     vlm = params.setdefault("vlm_node", {}).setdefault("ros__parameters", {})
     expert = params.setdefault("action_expert_node", {}).setdefault("ros__parameters", {})
+    vlm.update(fast_path_node_params(result["config"]["fast_path"]))
     vlm["vlm_period_s"] = float(result["recommended_vlm_period_s"])
     expert["action_period_s"] = float(result["action_period_s"])
     expert["vl_max_age_s"] = float(result["recommended_vl_max_age_s"])
@@ -369,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fast.add_argument("--pin-memory", action="store_true")
     fast.add_argument("--dedicated-stream", action="store_true")
+    fast.add_argument("--vision-attention", choices=("per_window", "batched"), default="per_window")
+    fast.add_argument(
+        "--search-fast-path",
+        action="store_true",
+        help="time every feature-preserving node fast path on this device, profile the fastest",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print exactly the JSON result on stdout")
     out.add_argument("--save-results", type=Path, default=None, help="write the JSON result here")
@@ -379,8 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 FAST_FLAGS = (
     "dtype", "attn_implementation", "min_pixels", "max_pixels", "token_selection", "trim_tail",
-    "pad_to_multiple", "compile", "quantization", "pin_memory", "dedicated_stream",
+    "pad_to_multiple", "compile", "quantization", "pin_memory", "dedicated_stream", "vision_attention",
 )  # fmt: skip
+
+
+def node_fast_path_candidates(device: str) -> dict[str, dict[str, Any]]:
+    """The node fast paths that keep the features (``--search-fast-path``), by name, for ``device``."""
+    static = {"trim_tail": True, "pad_to_multiple": 64}
+    batched = {"vision_attention": "batched"}
+    candidates = {
+        "plain": {},
+        "batched_vision": batched,
+        "static": static,
+        "batched_static": batched | static,
+    }
+    if device.startswith("cuda"):
+        streams = {"pin_memory": True, "dedicated_stream": True}
+        candidates["batched_static_streams"] = batched | static | streams
+    # torch.compile is left out: minutes of compiling per try, and it gained nothing on an H100 (README).
+    return candidates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,20 +467,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     transformers.logging.disable_progress_bar()
     defaults = vars(build_parser().parse_args([]))
     fast = {name: getattr(args, name) for name in FAST_FLAGS if getattr(args, name) != defaults[name]}
-    result = profile(
-        args.config,
+    common = dict(
         random_weights=args.random_weights,
         model_path=args.model_path,
         views=args.views,
         image_size=args.image_size,
         device=args.device,
+        seed=args.seed,
+    )
+    if args.search_fast_path:
+        timed = {}
+        for name, steps in node_fast_path_candidates(args.device).items():
+            trial = profile(args.config, num_samples=5, warmup=2, fast=fast | steps, **common)
+            timed[name] = (trial["latency_p50_ms"], steps)
+            print(f"fast path {name}: p50 {trial['latency_p50_ms']:.1f} ms", file=sys.stderr)
+        best = min(timed, key=lambda name: timed[name][0])
+        print(f"fastest node fast path: {best}", file=sys.stderr)
+        fast = fast | timed[best][1]
+    result = profile(
+        args.config,
         num_samples=args.num_samples,
         warmup=args.warmup,
         margin=args.margin,
         action_period_s=args.action_period_s,
         sensor_rate_hz=args.sensor_rate_hz,
         fast=fast,
-        seed=args.seed,
+        **common,
     )
     text = json.dumps(result, indent=2)
     if args.save_results is not None:

@@ -44,6 +44,9 @@ def test_features_period_stamps_and_stopped_camera(ros_context, tiny_checkpoint,
             camera_slop_s=0.05,
             torch_threads=1,
             diagnostics_period_s=0.5,
+            vision_attention="batched",  # the fast path through node parameters (same features)
+            static_shapes=True,
+            cuda_streams=True,  # CUDA-only: falls back on this CPU host, and says so
         ),
         tmp_path,
     )
@@ -86,6 +89,16 @@ def test_features_period_stamps_and_stopped_camera(ros_context, tiny_checkpoint,
         assert (np.diff(t0) > period - 0.15).all(), np.diff(t0)
         running = [s for s in statuses if s.state == ControllerStatus.STATE_RUNNING]
         assert running and running[-1].vlm_latency_s > 0 and running[-1].camera_skew_s <= 0.05
+        fast = [
+            {v.key: v.value for v in status.values} | {"level": status.level, "message": status.message}
+            for array in diagnostics[-3:]
+            for status in array.status
+            if status.name == "vlm_node: vl features"
+        ]
+        assert fast and "vision_attention=batched" in fast[-1]["fast path"]
+        assert "cuda_streams needs a CUDA device" in fast[-1]["fast path fallbacks"]
+        assert fast[-1]["level"] != DiagnosticStatus.OK and "fast path fell back" in fast[-1]["message"]
+        assert "fast path: cuda_streams needs a CUDA device" in vlm.output()
 
         # one camera stops -> no features, and diagnostics name the camera
         set_remote_parameters(node, "synthetic_inputs", stopped_cameras="view3")

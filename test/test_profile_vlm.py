@@ -134,7 +134,43 @@ def test_written_params_pass_the_nodes_parameter_checks(cli_run):
 
 
 def test_node_params_adds_missing_sections():
+    from models.fast_path import FastPathConfig
+
     result = {"recommended_vlm_period_s": 0.4, "action_period_s": 0.1, "recommended_vl_max_age_s": 0.8}
+    result["config"] = {"fast_path": FastPathConfig().to_dict()}
     params = node_params(result, {})
     assert params["vlm_node"]["ros__parameters"]["vlm_period_s"] == 0.4
     assert params["action_expert_node"]["ros__parameters"]["vl_max_age_s"] == 0.8
+
+
+def test_fast_path_becomes_node_parameters_and_layout_steps_are_refused():
+    from models.fast_path import FastPathConfig
+    from models.profile_vlm import fast_path_node_params
+
+    fast = FastPathConfig(vision_attention="batched", trim_tail=True, pad_to_multiple=64, dtype="bfloat16")
+    params = fast_path_node_params(fast.to_dict())
+    assert params["vision_attention"] == "batched" and params["static_shapes"] is True
+    assert params["vlm_dtype"] == "bfloat16" and params["cuda_streams"] is False
+    with pytest.raises(ValueError, match="feature layout"):
+        fast_path_node_params(FastPathConfig(max_pixels=1000).to_dict())
+    with pytest.raises(ValueError, match="static_shapes"):
+        fast_path_node_params(FastPathConfig(pad_to_multiple=32).to_dict())
+
+
+def test_search_writes_the_fastest_feature_preserving_node_fast_path(tiny_qwen_dir, tmp_path, capsys):  # noqa: F811
+    argv = [
+        "--config", "tiny", "--model-path", str(tiny_qwen_dir), "--num-samples", "2", "--warmup", "1",
+        "--views", "2", "--image-size", "112x56", "--search-fast-path", "--json",
+        "--write-config", str(tmp_path / "params.yaml"),
+    ]  # fmt: skip
+    assert profile_vlm.main(argv) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert "fastest node fast path:" in captured.err
+    timed = [line for line in captured.err.splitlines() if line.startswith("fast path ")]
+    assert len(timed) == len(profile_vlm.node_fast_path_candidates("cpu"))
+    vlm = yaml.safe_load((tmp_path / "params.yaml").read_text())["vlm_node"]["ros__parameters"]
+    fast = printed["config"]["fast_path"]
+    assert vlm["vision_attention"] == fast["vision_attention"]
+    assert vlm["static_shapes"] == (fast["pad_to_multiple"] == 64)
+    assert vlm["cuda_streams"] is False  # CPU: the CUDA-only candidates are not tried

@@ -33,8 +33,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from contracts import topics  # noqa: E402
 from contracts.constants import NS_PER_S  # noqa: E402
 from insertion_vla_ros.nodes.action_expert_params import PARAMETERS  # noqa: E402
+from insertion_vla_ros.nodes.fast_path_params import expert_fast_path, report_fast_path  # noqa: E402
 from insertion_vla_ros.nodes.lifecycle_base import ManagedNode  # noqa: E402
 from insertion_vla_ros.nodes.node_main import run_lifecycle_node  # noqa: E402
+from insertion_vla_ros.nodes.process_tuning import report_process_tuning  # noqa: E402
 from insertion_vla_ros.ros_io.controller_monitoring import (  # noqa: E402
     SensorRate,
     controller_state,
@@ -77,6 +79,7 @@ class ActionExpertNode(ManagedNode):
         super().__init__(NODE_NAME, PARAMETERS, **kwargs)
         p = self.params
         self.policy: Any = None
+        self.fast_choice: Any = None  # the fast path in use (nodes.fast_path_params.FastPathChoice)
         self.controller: TickController | None = None
         self.clock_grid = TickClock(int(round(p["action_period_s"] * NS_PER_S)))
         self.tick_monitor = FrequencyMonitor(1.0 / p["action_period_s"], tolerance=0.1, window_s=5.0)
@@ -268,6 +271,17 @@ class ActionExpertNode(ManagedNode):
 
         gc.collect()
 
+    def prepare_policy(self) -> None:
+        """Switch on the CUDA-graph tick / high-priority stream when asked and possible (else say why)."""
+        from models.fast_graphs import tick_runner
+
+        choice = expert_fast_path(self.params, self.params["device"])
+        for note in choice.fallbacks:
+            self.get_logger().warning(f"fast path: {note}")
+        self.policy.set_tick_runner(tick_runner(self.policy, choice.cuda_graphs, choice.cuda_streams))
+        self.fast_choice = choice
+        self.get_logger().info(f"fast path: {choice.summary()}")
+
     def _warm_up(self) -> None:
         cfg = self.policy.config
         encoded = self.policy.encode_vl_features(np.zeros((4, cfg.vlm.hidden_size), np.float32))
@@ -422,6 +436,8 @@ class ActionExpertNode(ManagedNode):
         )
         if self.sensor_bad_messages and len(tasks) > 1:
             tasks[1].values["bad messages"] = self.sensor_bad_messages
+        report_fast_path(tasks[0], self.fast_choice)
+        report_process_tuning(tasks[0], self.process_notes)
         self.diagnostics_pub.publish(diagnostic_array(now_ns, self.params["hardware_id"], tasks))
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from contracts import topics
 from contracts.constants import ACTION_PERIOD_S, DEFAULT_RATE_LIMITS, DEFAULT_STEP_LIMITS, GRIPPER_DEFAULT
+from insertion_vla_ros.nodes.fast_path_params import EXPERT_FAST_PATH_PARAMETERS
+from insertion_vla_ros.nodes.process_tuning import PROCESS_PARAMETERS
 from insertion_vla_ros.ros_io.parameters import ParamSpec, runtime_param_specs
 from insertion_vla_ros.runtime.controller import DEFAULT_SENSOR_RATE_TOLERANCE
 from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
@@ -88,13 +90,14 @@ PARAMETERS: list[ParamSpec] = [
     ParamSpec(
         "pose_topic",
         topics.POSE_TOPIC,
-        "PoseStamped input topic of the measured tool pose (subscribed only when the policy takes state).",
+        "PoseStamped input topic of the measured tool pose (subscribed only when the policy takes the "
+        "robot state or the motion since capture).",
         read_only=True,
     ),
     ParamSpec(
         "pose_max_age_s",
         0.1,
-        "HOLD when the newest robot pose is older than this at the tick, s (state-input policies).",
+        "HOLD when the newest robot pose is older than this at the tick, s (state or motion input).",
         minimum=0.0,
         maximum=10.0,
     ),
@@ -109,7 +112,7 @@ PARAMETERS: list[ParamSpec] = [
         "vl_max_age_s",
         0.0,
         "HOLD when the VL features are older than this at the tick, s "
-        "(0: the checkpoint's action_expert.max_age_s).",
+        "(0: the oldest age the checkpoint's staleness recipe trained on, plus slack).",
         minimum=0.0,
         maximum=600.0,
     ),
@@ -157,6 +160,8 @@ PARAMETERS: list[ParamSpec] = [
         "trajectory_topic", topics.TRAJECTORY_TOPIC, "MultiDOFJointTrajectory output topic.", read_only=True
     ),
     ParamSpec("trajectory_joint_name", "needle_tip", "Joint (tool) name in the trajectory.", read_only=True),
+    *EXPERT_FAST_PATH_PARAMETERS,
+    *PROCESS_PARAMETERS,
     *runtime_param_specs(hardware_id="insertion_vla_action_expert", status_period_s=0.2),
 ]
 

@@ -46,6 +46,7 @@ class ManagedNode(LifecycleNode):
             self.add_post_set_parameters_callback(self._after_set_parameters)
         self.is_active = False
         self.last_error = ""
+        self.process_notes: tuple[list[str], list[str]] | None = None  # set by node_main (process_tuning)
         self._jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(
                 min_forward=Duration(seconds=FORWARD_JUMP_S), min_backward=Duration(nanoseconds=-1)
@@ -106,6 +107,7 @@ class ManagedNode(LifecycleNode):
             self.policy = load_policy(
                 p["checkpoint"], device=p["device"], load_vlm=load_vlm, torch_threads=p["torch_threads"]
             )
+            self.prepare_policy()
             self._warm_up()
         except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
             self.last_error = f"cannot load the policy: {error}"
@@ -115,6 +117,9 @@ class ManagedNode(LifecycleNode):
         self.last_error = ""
         self.get_logger().info(f"policy loaded: fingerprint {self.policy.fingerprint}")
         return True
+
+    def prepare_policy(self) -> None:
+        """Set up the loaded ``self.policy`` for this node before the warm-up (fast path); default nothing."""
 
     def start_up(self) -> bool:
         """Configure and activate (the ``autostart`` path); True when the node is active."""

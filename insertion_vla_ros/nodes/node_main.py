@@ -33,8 +33,10 @@ def run_lifecycle_node(
     own signal handlers would shut it down first), so the action expert's final HOLD reaches the robot.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
+
+    from insertion_vla_ros.nodes.process_tuning import apply_process_tuning, make_executor
 
     prog = sys.argv[0].rsplit("/", 1)[-1] or "node"
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
@@ -50,14 +52,20 @@ def run_lifecycle_node(
         except STARTUP_ERRORS as error:
             print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
             return 1
+        params = getattr(node, "params", {})
+        applied, refused = apply_process_tuning(params)  # before the node starts threads of its own
+        for note in refused:
+            node.get_logger().warning(f"process setting refused: {note}")
+        if applied:
+            node.get_logger().info("process: " + "; ".join(applied))
+        node.process_notes = (applied, refused)
         if node.autostart and not node.start_up():
             print(f"{prog}: error: could not configure and activate: {node.last_error}", file=sys.stderr)
             return 1
-        threads = int(getattr(node, "params", {}).get("executor_threads", num_threads))
         # rclpy's MultiThreadedExecutor busy-waits while a callback group is busy and then starves the other
         # subscriptions (measured: the 650 Hz sensor stream lagged 0.4-0.8 s behind the 10 Hz tick). These
         # nodes keep every callback short (the VLM runs in its own thread), so one thread is the default.
-        executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
+        executor = make_executor(params, num_threads)
         executor.add_node(node)
         while True:  # a bounded wait: with rclpy's handlers off, Python must get to run SIGINT/SIGTERM
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)

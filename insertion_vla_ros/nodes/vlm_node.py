@@ -29,8 +29,14 @@ from std_msgs.msg import String  # noqa: E402
 
 from contracts import topics  # noqa: E402
 from contracts.constants import CAMERA_NAMES, NS_PER_S  # noqa: E402
+from insertion_vla_ros.nodes.fast_path_params import (  # noqa: E402
+    VLM_FAST_PATH_PARAMETERS,
+    report_fast_path,
+    vlm_fast_path,
+)
 from insertion_vla_ros.nodes.lifecycle_base import ManagedNode  # noqa: E402
 from insertion_vla_ros.nodes.node_main import run_lifecycle_node  # noqa: E402
+from insertion_vla_ros.nodes.process_tuning import PROCESS_PARAMETERS, report_process_tuning  # noqa: E402
 from insertion_vla_ros.ros_io.diagnostics import (  # noqa: E402
     FrequencyMonitor,
     Level,
@@ -47,6 +53,9 @@ from insertion_vla_ros.runtime.camera_sync import CameraQueues, CameraSetSelecti
 from insertion_vla_ros.runtime.vlm_schedule import VlmSchedule  # noqa: E402
 
 NODE_NAME = "vlm_node"
+TRANSPORT_DTYPE = "float16"
+"""Default wire dtype of VLFeatures: bench/closed_loop.py measured the embedded policy's success unchanged
+against float32 (README, closed-loop benchmark), at half the bytes."""
 DEFAULT_INSTRUCTION = "Insert the needle into the target."
 
 PARAMETERS: list[ParamSpec] = [
@@ -120,12 +129,21 @@ PARAMETERS: list[ParamSpec] = [
     ),
     ParamSpec("features_topic", topics.FEATURES_TOPIC, "VLFeatures output topic (latched).", read_only=True),
     ParamSpec(
+        "transport_dtype",
+        TRANSPORT_DTYPE,
+        "Dtype the VLFeatures travel in (half the bytes of float32; the action expert reads any of them).",
+        read_only=True,
+        choices=("float32", "float16", "bfloat16"),
+    ),
+    ParamSpec(
         "inject_latency_s",
         0.0,
         "DEBUG: extra seconds added to every VLM inference (tests, benches).",
         minimum=0.0,
         maximum=600.0,
     ),
+    *VLM_FAST_PATH_PARAMETERS,
+    *PROCESS_PARAMETERS,
     *runtime_param_specs(hardware_id="insertion_vla_vlm", status_period_s=0.5),
 ]
 
@@ -145,6 +163,8 @@ class VlmNode(ManagedNode):
             raise ValueError("parameter 'camera_names': names must be unique")
         self.instruction = str(p["instruction"])
         self.policy: Any = None
+        self.fast_choice: Any = None  # the fast path in use (nodes.fast_path_params.FastPathChoice)
+        self._extract: Any = None  # (images, instruction) -> (features, meta), set at configure
         self.queues = CameraQueues(p["camera_names"], p["camera_queue_size"])
         self.sequence = 0
         self.feature_monitor = FrequencyMonitor(
@@ -259,6 +279,7 @@ class VlmNode(ManagedNode):
             self.destroy_lifecycle_publisher(self._publisher)
             self._publisher = None
         self.policy = None
+        self._extract = None
         self._release_memory()
 
     def stop_workers(self) -> None:
@@ -282,12 +303,24 @@ class VlmNode(ManagedNode):
         except ImportError:
             pass
 
+    def prepare_policy(self) -> None:
+        """Apply the fast-path parameters to the loaded VLM (fallbacks logged once, kept for diagnostics)."""
+        from models.fast_path import FastVLM, prepare_model
+
+        choice = vlm_fast_path(self.params, self.params["device"])
+        for note in choice.fallbacks:
+            self.get_logger().warning(f"fast path: {note}")
+        prepare_model(self.policy.vlm_model, choice.fast, self.policy.device)
+        self._extract = FastVLM(self.policy.vlm, choice.fast).extract
+        self.fast_choice = choice
+        self.get_logger().info(f"fast path: {choice.summary()}")
+
     def _warm_up(self) -> None:
         import numpy as np
 
         vlm = self.policy.config.vlm
         blank = np.zeros((vlm.image_height, vlm.image_width, 3), np.uint8)
-        self.policy.extract_vl_features([blank] * vlm.num_views, self.instruction)
+        self._extract([blank] * vlm.num_views, self.instruction)
 
     # ----------------------------------------------------------------------------------------- inputs
     def _camera_callback(self, name: str) -> Any:
@@ -360,11 +393,14 @@ class VlmNode(ManagedNode):
             self.get_logger().error(self.last_error, throttle_duration_sec=5.0)
             return
         instruction = self.instruction
-        policy = self.policy
-        if policy is None:
+        policy, extract = self.policy, self._extract
+        if policy is None or extract is None:
             return
         started = time.perf_counter()
-        features = policy.extract_vl_features(images, instruction)
+        features, _ = extract(images, instruction)
+        import torch
+
+        features = features.to(getattr(torch, p["transport_dtype"]))
         extra = float(p["inject_latency_s"])
         if extra > 0.0:
             self._stop.wait(extra)
@@ -460,6 +496,8 @@ class VlmNode(ManagedNode):
                 "state": reason or "running",
             }
         )
+        report_fast_path(features, self.fast_choice)
+        report_process_tuning(features, self.process_notes)
         features.values["inference attempts"] = self.attempts
         features.values["failed since last published"] = self.failures_since_publish
         if self.last_error:
