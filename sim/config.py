@@ -45,6 +45,10 @@ class SceneConfig:
     """Layer to stop in: the needle must puncture ``target_layer`` membranes below the surface."""
     start_height_mm: tuple[float, float] = (5.0, 9.0)
     start_offset_mm: float = 10.0
+    drift_amplitude_mm: float = 0.0
+    """Tissue motion: the whole phantom sways sinusoidally by up to this much in x/y (0: still, the task)."""
+    drift_frequency_hz: float = 0.2
+    """Frequency of the sway (breathing-like); direction and phase are drawn per episode."""
 
 
 @dataclass

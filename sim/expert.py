@@ -8,6 +8,8 @@ steps is a roll-out of the same rule through ``models.pose_math.apply_delta``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from contracts.constants import ACTION_PERIOD_S, GRIPPER_DEFAULT
@@ -25,10 +27,17 @@ class ScriptedExpert:
     """
 
     def __init__(
-        self, scene: Scene, step_s: float = ACTION_PERIOD_S, seed: int = 0, gripper: float = GRIPPER_DEFAULT
+        self,
+        scene: Scene,
+        step_s: float = ACTION_PERIOD_S,
+        seed: int = 0,
+        gripper: float = GRIPPER_DEFAULT,
+        target_xy: Callable[[], np.ndarray] | None = None,
     ) -> None:
+        """``target_xy`` reports where the target is now (a moving phantom); default the scene's target."""
         rng = np.random.default_rng(seed)
         self.scene = scene
+        self._target_xy = target_xy or (lambda: scene.target_xy_mm)
         self.step_s = step_s
         self.gripper = gripper
         self.hover_mm = float(rng.uniform(2.0, 3.0))
@@ -40,7 +49,7 @@ class ScriptedExpert:
     def at_goal(self, pose: np.ndarray) -> bool:
         """Whether the tip is over the target at the target depth (the expert then holds still)."""
         pose = np.asarray(pose, dtype=np.float64)
-        lateral = np.linalg.norm(pose[0:2] - self.scene.target_xy_mm)
+        lateral = np.linalg.norm(pose[0:2] - self._target_xy())
         return bool(lateral <= _ALIGNED_MM and abs(-pose[2] - self.scene.target_depth_mm) <= _AT_DEPTH_MM)
 
     def act(self, pose: np.ndarray) -> np.ndarray:
@@ -48,7 +57,7 @@ class ScriptedExpert:
         pose = np.asarray(pose, dtype=np.float64)
         action = np.zeros(7)
         action[6] = self.gripper
-        offset = self.scene.target_xy_mm - pose[0:2]
+        offset = self._target_xy() - pose[0:2]
         lateral = float(np.linalg.norm(offset))
         z = pose[2]
         if lateral > _ALIGNED_MM:

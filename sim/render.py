@@ -158,17 +158,33 @@ class CameraRig:
             raise KeyError(f"unknown camera {name!r}; cameras are {CAMERA_NAMES}")
         return self.cameras[name]
 
-    def render(self, pose: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """Render the named views (default all five) for the needle at ``pose``: HxWx3 uint8 each."""
+    def render(
+        self, pose: np.ndarray, names: tuple[str, ...] | None = None, phantom_shift_mm: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Render the named views (default all five) for the needle at ``pose``: HxWx3 uint8 each.
+
+        ``phantom_shift_mm`` (x, y) is how far tissue motion has moved the phantom; the views are then
+        rendered in the phantom's frame (fixed cameras and needle moved the other way), which is exact for
+        a phantom and floor translating together.
+        """
         frames = {}
+        shift = np.zeros(3) if phantom_shift_mm is None else np.array([*phantom_shift_mm, 0.0], float)
+        moved = bool(shift.any())
+        if moved:
+            pose = np.asarray(pose, float).copy()
+            pose[0:3] -= shift
         segments = self._needle_segments(pose)  # 3-D geometry shared by every view
         for name in names or CAMERA_NAMES:
             camera = self.camera(name, pose)
-            image = (
-                self._static[name].copy()
-                if name in self._static
-                else self._ray_cast(camera, self._rays(camera))
-            )
+            if moved and name in self._static:
+                camera = PinholeCamera(
+                    camera.position - shift, camera.rotation, camera.focal_px, camera.width, camera.height
+                )
+                image = self._ray_cast(camera)
+            elif name in self._static:
+                image = self._static[name].copy()
+            else:
+                image = self._ray_cast(camera, self._rays(camera))
             for start, end, radius, rgb, opacity in segments:
                 _draw_segment(image, camera, start, end, radius, rgb, opacity)
             gain = 1.0 + self.cfg.flicker_std * self._rng.standard_normal()

@@ -75,12 +75,16 @@ class InsertionRig:
         if seed is None:
             seed = int(self._episode_seeds.spawn(1)[0].generate_state(1)[0])
         self.episode_seed = int(seed)
-        scene_seq, sensor_seq, camera_seq = np.random.SeedSequence(self.episode_seed).spawn(3)
+        # A 4th child leaves the first three (and so every still-phantom episode) unchanged.
+        scene_seq, sensor_seq, camera_seq, drift_seq = np.random.SeedSequence(self.episode_seed).spawn(4)
         scene_rng = np.random.default_rng(scene_seq)
         if target is None:
             target = TARGET_COLOURS[int(scene_rng.integers(len(TARGET_COLOURS)))]
         cfg = self.config
         self.scene = sample_scene(cfg.scene, cfg.tissue, scene_rng, target, cfg.robot.gripper)
+        drift_rng = np.random.default_rng(drift_seq)
+        angle, self._drift_phase = drift_rng.uniform(0.0, 2.0 * np.pi, size=2)
+        self._drift_direction = np.array([np.cos(angle), np.sin(angle)])
         self.robot = Robot(cfg.robot, self.scene.start_pose)
         self.sensor = NeedleSensor(cfg.sensor, cfg.tissue, self.scene, np.random.default_rng(sensor_seq))
         self._camera_seed = camera_seq
@@ -113,6 +117,25 @@ class InsertionRig:
     def stamp_ns(self) -> int:
         """Stamp of the current time: ``start_ns`` + episode time, integer nanoseconds."""
         return self.start_ns + self._tick * NS_PER_S // self.config.robot.control_rate_hz
+
+    def phantom_shift_mm(self, t_s: float | np.ndarray | None = None) -> np.ndarray:
+        """Where tissue motion has moved the phantom at episode time ``t_s`` (default now): x/y mm.
+
+        ``[2]`` for a scalar time, ``[n, 2]`` for ``n`` times; zero unless ``scene.drift_amplitude_mm``.
+        """
+        self._require_episode()
+        scene = self.config.scene
+        t = np.asarray(self.time_s if t_s is None else t_s, float)
+        if scene.drift_amplitude_mm == 0.0:
+            return np.zeros((*t.shape, 2))
+        sway = np.sin(2.0 * np.pi * scene.drift_frequency_hz * t + self._drift_phase) - np.sin(
+            self._drift_phase
+        )
+        return scene.drift_amplitude_mm * sway[..., None] * self._drift_direction
+
+    def target_xy_mm(self) -> np.ndarray:
+        """Ground truth: where the instructed target is now (the scene's position plus tissue motion)."""
+        return self._require_episode().target_xy_mm + self.phantom_shift_mm()
 
     def pose(self) -> np.ndarray:
         """Return the needle tip pose, 7-vector ``[x, y, z mm, rx, ry, rz rad, gripper]``."""
@@ -148,6 +171,7 @@ class InsertionRig:
         tips = poses[index, 0:3] + frac * (poses[index + 1, 0:3] - poses[index, 0:3])
         velocity = (poses[index + 1, 0:3] - poses[index, 0:3]) * control
         depth_rate = -velocity[:, 2]
+        tips[:, 0:2] -= self.phantom_shift_mm(k / rate)  # the tissue sees the tip in its own frame
         samples, _ = self.sensor.sample(k / rate, tips, depth_rate)
         self._sensor_stamps.append(self.start_ns + (2 * k * NS_PER_S + rate) // (2 * rate))  # nearest ns
         self._sensor_samples.append(samples)
@@ -199,7 +223,7 @@ class InsertionRig:
     def render_cameras(self, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Render the camera views (default all of ``view1..view5``) now: ``{name: HxWx3 uint8}``."""
         self._require_episode()
-        return self.cameras.render(self.robot.pose, names)
+        return self.cameras.render(self.robot.pose, names, self.phantom_shift_mm())
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -228,7 +252,7 @@ class InsertionRig:
         task = self.config.task
         tip = self.robot.pose[0:3]
         depth = self.tip_depth_mm()
-        lateral = float(np.linalg.norm(tip[0:2] - scene.target_xy_mm))
+        lateral = float(np.linalg.norm(tip[0:2] - self.target_xy_mm()))
         depth_error = depth - scene.target_depth_mm
         membranes = max(self.sensor.punctured_count - 1, 0)
         in_layer = bool(self.sensor.punctured[0]) and membranes == scene.target_layer

@@ -78,6 +78,30 @@ def test_lateral_oracle_aligns_even_an_untrained_policy(rig, tiny_policy):
 def test_loop_config_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mode"):
         LoopConfig(mode="sometimes")
+    with pytest.raises(ValueError, match="transport_dtype"):
+        LoopConfig(transport_dtype="int8")
+
+
+def test_float16_transport_rounds_the_features_as_the_wire_does(rig, tiny_policy):
+    import torch
+
+    from insertion_vla_ros.tools.sim_loop import transported
+
+    features = torch.randn(80, 64) * 3
+    assert transported(features, "float32") is features
+    half = transported(features, "float16")
+    assert half.dtype == torch.float32 and torch.equal(half, features.half().float())
+    assert 0 < float((half - features).abs().max()) < 1e-2
+    config = LoopConfig(vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=2.0, transport_dtype="float16")
+    assert ClosedLoopRunner(rig, tiny_policy, config).run("Red", 5)["chunks_ok"] > 0
+
+
+def test_expert_follows_a_drifting_phantom_in_the_loop():
+    config = RigConfig().with_image_size(56, 56)
+    config.scene.drift_amplitude_mm = 2.0
+    drifting = InsertionRig(config, seed=3)
+    result = ClosedLoopRunner(drifting, None, LoopConfig(mode="expert", max_episode_s=15.0)).run("Blue", 11)
+    assert result["lateral_error_mm"] < 1.0, result
 
 
 class _PoseSink:

@@ -233,3 +233,46 @@ def test_evaluate_reports_failures():
     assert result["membranes_punctured"] == 2 and result["depth_error_mm"] > 5.0
     assert result["lateral_error_mm"] == pytest.approx(np.linalg.norm(offset))
     assert not expert.at_goal(rig.pose())
+
+
+def test_tissue_drift_moves_phantom_targets_and_scoring_and_is_off_by_default():
+    still = InsertionRig(RigConfig().with_image_size(128, 96), seed=21)
+    still_first = still.reset(target="Red")
+    assert not still.phantom_shift_mm(3.0).any()
+    np.testing.assert_array_equal(still.target_xy_mm(), still.scene.target_xy_mm)
+
+    config = RigConfig().with_image_size(128, 96)
+    config.scene.drift_amplitude_mm = 3.0
+    rig = InsertionRig(config, seed=21)
+    first = rig.reset(target="Red")
+    # The same scene as without motion, and it starts where the still phantom is.
+    np.testing.assert_array_equal(rig.scene.target_xy_mm, still.scene.target_xy_mm)
+    np.testing.assert_array_equal(first.images["view1"], still_first.images["view1"])
+    shifts = rig.phantom_shift_mm(np.linspace(0.0, 5.0, 101))
+    assert np.abs(shifts).max() <= 6.0 + 1e-9 and np.linalg.norm(shifts, axis=1).max() > 2.0
+    quarter = 1.0 / (4 * config.scene.drift_frequency_hz)
+    for _ in range(int(round(quarter / 0.1))):
+        rig.apply_action([0, 0, 0, 0, 0, 0, 1.0])
+    shift = rig.phantom_shift_mm()
+    assert np.linalg.norm(shift) > 0.5
+    target = np.array([*rig.target_xy_mm(), 0.0])
+    np.testing.assert_allclose(target[:2], rig.scene.target_xy_mm + shift)
+    for name in ("view1", "view3"):  # the fixed cameras see the target where it has moved to
+        projected = rig.cameras.camera(name, rig.pose()).project(target[None])[0]
+        assert np.linalg.norm(_red_centroid(rig.render_cameras()[name]) - projected) < 2.5
+    result = rig.evaluate()
+    assert result["lateral_error_mm"] == pytest.approx(np.linalg.norm(target[:2] - rig.pose()[:2]))
+
+
+def test_expert_that_follows_the_moving_target_stays_over_it():
+    config = RigConfig().with_image_size(96, 80)
+    config.scene.drift_amplitude_mm = 2.0
+    rig = InsertionRig(config, seed=2024)
+    errors = []
+    for index in range(5):
+        rig.reset(target=TARGET_COLOURS[index], render=False)
+        expert = ScriptedExpert(rig.scene, seed=index, target_xy=rig.target_xy_mm)
+        for _ in range(150):
+            rig.apply_action(expert.act(rig.pose()))
+        errors.append(rig.evaluate()["lateral_error_mm"])
+    assert np.median(errors) < 1.0, errors

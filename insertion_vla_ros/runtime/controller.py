@@ -119,7 +119,7 @@ class ControllerSettings:
     ) -> ControllerSettings:
         """Settings of ``policy`` (its ``PolicyConfig``); keyword arguments override (node parameters).
 
-        ``vl_max_age_s=0`` (or missing) means the checkpoint's ``action_expert.max_age_s``.
+        ``vl_max_age_s=0`` (or missing) means :func:`default_max_age_s` of the checkpoint (its recipe).
         """
         cfg = policy.config
         values: dict[str, Any] = {

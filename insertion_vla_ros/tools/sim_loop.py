@@ -38,11 +38,13 @@ class LoopConfig:
     action_period_s: float = ACTION_PERIOD_S
     max_episode_s: float = 15.0
     max_age_s: float = 0.0
-    """HOLD beyond this feature age (0: the checkpoint's ``action_expert.max_age_s``)."""
+    """HOLD beyond this feature age (0: the default for the checkpoint's recipe, ``default_max_age_s``)."""
     step_limits: tuple[float, ...] = DEFAULT_STEP_LIMITS
     rate_limits: tuple[float, ...] = DEFAULT_RATE_LIMITS
     force_guard_n: float = DEFAULT_FORCE_GUARD_N
     """HOLD while the needle force is at or above this, N (0 disables), as the node's ``force_guard_n``."""
+    transport_dtype: str = "float32"
+    """Dtype the features travel in (vlm_node ``transport_dtype``): float16/bfloat16 round-trip them."""
     lateral_oracle: bool = False
     """Diagnostic: replace the policy's lateral steps (dx, dy) by the scripted expert's, so the episode
     measures the learned depth control (sensor pathway) alone, with the target found by ground truth."""
@@ -50,6 +52,19 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("async", "sync", "expert"):
             raise ValueError(f"mode must be async, sync or expert, got {self.mode!r}")
+        if self.transport_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"transport_dtype must be float32, float16 or bfloat16, got {self.transport_dtype!r}"
+            )
+
+
+def transported(features: Any, dtype: str) -> Any:
+    """``features`` as the action expert receives them after travelling in ``dtype`` (float32 values)."""
+    import torch
+
+    if dtype == "float32":
+        return features
+    return torch.as_tensor(features).to(getattr(torch, dtype)).float()
 
 
 @dataclass
@@ -155,7 +170,11 @@ class ClosedLoopRunner:
             from sim.expert import ScriptedExpert
 
             expert = ScriptedExpert(
-                rig.scene, step_s=cfg.action_period_s, seed=seed, gripper=rig.config.robot.gripper
+                rig.scene,
+                step_s=cfg.action_period_s,
+                seed=seed,
+                gripper=rig.config.robot.gripper,
+                target_xy=rig.target_xy_mm,
             )
         controller = vlm = None
         if cfg.mode != "expert":
@@ -275,6 +294,6 @@ class ClosedLoopRunner:
             features = policy.extract_vl_features(
                 [frames[name] for name in rig.camera_names], rig.instruction
             )
-            return rig.stamp_ns, features
+            return rig.stamp_ns, transported(features, self.config.transport_dtype)
 
         return extract
