@@ -15,6 +15,8 @@ setup(
     name=PACKAGE_NAME,
     version="0.1.0",
     packages=find_packages(include=["insertion_vla_ros*", "models*", "training*", "sim*", "contracts*"]),
+    # The embedded default VLM (Stage 0, ``builtin:tiny-sim``): weights, tokenizer, processor, head, card.
+    package_data={"models": ["builtin/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),
@@ -38,7 +40,7 @@ setup(
         "h5py>=3.8",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.5"]},
-    zip_safe=True,
+    zip_safe=False,  # from_pretrained reads the shipped model folder from disk
     maintainer="insertion_vla_ros developers",
     maintainer_email="insertion-vla@example.com",
     description="Asynchronous VLA controller for robotic needle insertion (ROS 2).",

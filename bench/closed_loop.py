@@ -1,11 +1,14 @@
 """Closed-loop success over fixed seeded sim episodes: expert, zero latency, sync, async (reuse/no reuse).
 
 Deterministic and in-process (``insertion_vla_ros.tools.sim_loop``: sim rig + policy on a simulated
-clock, VLM latency modelled). Policies are the demo's Stage 1 tiny policies trained with staleness (reuse)
-and without (fresh features only), built and cached under ``--work`` (default ``demo_output``). Zero
-latency runs with both: ``zero_latency`` (the reuse-trained policy) and ``zero_latency_noreuse`` (the
-fresh-feature policy, in the condition it was trained for). ``--quick`` uses fewer episodes. Success is a
-fraction 0..1; chunk rates are OK chunks per sim second.
+clock, VLM latency modelled). Policies are the demo's Stage 1 policies on the embedded default VLM
+(``--model``, default the Stage 0 sim-pretrained ``tiny_sim``), trained on the ages they are deployed at
+(``matched`` recipe, "reuse") and on fresh features only ("noreuse"), built and cached under ``--work``
+(default ``demo_output``). Zero latency runs with both: ``zero_latency`` (the reuse-trained policy) and
+``zero_latency_noreuse`` (the fresh-feature policy, in the condition it was trained for). ``--stage2 N``
+adds the Stage 2 policy (LoRA on the VLM, N steps from the reuse-trained Stage 1) at zero latency and at
+age 1.7 s (``stage2_*`` keys). ``--quick`` uses fewer episodes. Success is a fraction 0..1; chunk rates are
+OK chunks per sim second. The evaluation seed (``--seed``) is never a demonstration seed.
 """
 
 from __future__ import annotations
@@ -26,9 +29,16 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("demo_output"))
     parser.add_argument("--episodes", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=250, help="training steps of each policy (cached)")
-    parser.add_argument("--demos", type=int, default=12)
+    parser.add_argument("--model", default=None, help="model config (default: the demo's embedded default)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Stage 1 steps of each policy (cached; default the demo's)"
+    )
+    parser.add_argument("--demos", type=int, default=None, help="demonstrations (default the demo's)")
+    parser.add_argument("--stage2", type=int, default=0, help="also score a Stage 2 policy of N steps")
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument(
+        "--no-oracle", action="store_true", help="skip the lateral-oracle decomposition (oracle_lateral_*)"
+    )
     parser.add_argument(
         "--force-guard", type=float, default=None, help="HOLD at or above this force, N (default: the node's)"
     )
@@ -38,9 +48,11 @@ def main() -> None:
     from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
     from insertion_vla_ros.tools.demo_pipeline import (
         DataSettings,
+        Stage2Settings,
         TrainSettings,
         ensure_demonstrations,
         ensure_policy,
+        ensure_stage2_policy,
     )
     from insertion_vla_ros.tools.sim_loop import ClosedLoopRunner, LoopConfig
     from models.checkpoint import load_checkpoint
@@ -51,16 +63,29 @@ def main() -> None:
     torch.manual_seed(0)
     episodes = args.episodes or (3 if args.quick else 20)
     max_s = 10.0 if args.quick else 15.0
-    data = DataSettings(episodes=args.demos)
+    data = DataSettings() if args.demos is None else DataSettings(episodes=args.demos)
     data_dir, _ = ensure_demonstrations(args.work, data, progress=False)
+    train = {reuse: TrainSettings(recipe="matched" if reuse else "fresh") for reuse in (True, False)}
+    if args.steps is not None or args.model is not None:
+        train = {
+            reuse: dataclasses.replace(
+                settings,
+                **({} if args.steps is None else {"steps": args.steps}),
+                **({} if args.model is None else {"model": args.model}),
+            )
+            for reuse, settings in train.items()
+        }
     ckpt = {
-        reuse: ensure_policy(
-            args.work, data_dir, data, TrainSettings(steps=args.steps, reuse=reuse), progress=False
-        )
-        for reuse in (True, False)
+        reuse: ensure_policy(args.work, data_dir, data, settings, progress=False)
+        for reuse, settings in train.items()
     }
-    policies = {reuse: load_checkpoint(path, load_vlm=True).eval() for reuse, path in ckpt.items()}
-    rig = InsertionRig(RigConfig().with_image_size(112, 112), seed=args.seed)
+    if args.stage2:
+        stage2 = Stage2Settings(steps=args.stage2)
+        ckpt["stage2"] = ensure_stage2_policy(
+            args.work, data_dir, ckpt[True], train[True], stage2, progress=False
+        )
+    policies = {key: load_checkpoint(path, load_vlm=True).eval() for key, path in ckpt.items()}
+    rig = InsertionRig(RigConfig().with_image_size(*data.image_size), seed=args.seed)
     cases = [(TARGET_COLOURS[i % 5], episode_seed(args.seed, i)) for i in range(episodes)]
     configs = {
         "expert": (None, LoopConfig(mode="expert", max_episode_s=max_s)),
@@ -80,6 +105,11 @@ def main() -> None:
         ),
         "async_reuse_lat_0p3": (True, LoopConfig(vlm_latency_s=0.3, vlm_period_s=1.7, max_episode_s=max_s)),
         "async_reuse_age_1p7": (True, LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=max_s)),
+        # The features as vlm_node publishes them by default (float16 on the wire): the same success?
+        "async_reuse_age_1p7_f16": (
+            True,
+            LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=max_s, transport_dtype="float16"),
+        ),
         "async_noreuse_lat_0p3": (
             False,
             LoopConfig(vlm_latency_s=0.3, vlm_period_s=1.7, max_episode_s=max_s),
@@ -89,12 +119,16 @@ def main() -> None:
             LoopConfig(vlm_latency_s=1.5, vlm_period_s=1.7, max_episode_s=max_s),
         ),
     }
+    if args.stage2:
+        configs["stage2_zero_latency"] = ("stage2", configs["zero_latency"][1])
+        configs["stage2_async_age_1p7"] = ("stage2", configs["async_reuse_age_1p7"][1])
     # Decomposition: the same policies with the lateral steps taken from the ground-truth expert, so the
     # learned depth control (the 650 Hz sensor pathway) is scored on its own.
     oracle = {
         name: (reuse, dataclasses.replace(cfg, lateral_oracle=True))
         for name, (reuse, cfg) in configs.items()
-        if name
+        if not args.no_oracle
+        and name
         in ("zero_latency", "zero_latency_noreuse", "sync", "async_reuse_age_1p7", "async_noreuse_age_1p7")
     }
     configs |= {f"oracle_lateral_{name}": value for name, value in oracle.items()}
@@ -127,20 +161,31 @@ def main() -> None:
         "sync_lat_0p3_success": mean("sync_lat_0p3", "success"),
         "async_reuse_success_age_1p7": mean("async_reuse_age_1p7", "success"),
         "async_noreuse_success_age_1p7": mean("async_noreuse_age_1p7", "success"),
+        "async_reuse_success_age_1p7_f16": mean("async_reuse_age_1p7_f16", "success"),
         "async_reuse_success_lat_0p3": mean("async_reuse_lat_0p3", "success"),
         "async_noreuse_success_lat_0p3": mean("async_noreuse_lat_0p3", "success"),
         "async_chunks_per_s": mean("async_reuse_age_1p7", "chunks_ok_steady_per_s"),
         "async_chunks_per_s_whole_episode": mean("async_reuse_age_1p7", "chunks_ok_per_s"),
         "async_first_chunk_s": mean("async_reuse_age_1p7", "first_ok_chunk_s"),
-        "oracle_lateral_zero_latency_success": mean("oracle_lateral_zero_latency", "success"),
-        "oracle_lateral_zero_latency_noreuse_success": mean("oracle_lateral_zero_latency_noreuse", "success"),
-        "oracle_lateral_sync_success": mean("oracle_lateral_sync", "success"),
-        "oracle_lateral_async_reuse_success_age_1p7": mean("oracle_lateral_async_reuse_age_1p7", "success"),
-        "oracle_lateral_async_noreuse_success_age_1p7": mean(
-            "oracle_lateral_async_noreuse_age_1p7", "success"
-        ),
         "wall_s": time.perf_counter() - started,
     }
+    if oracle:
+        metrics |= {
+            "oracle_lateral_zero_latency_success": mean("oracle_lateral_zero_latency", "success"),
+            "oracle_lateral_zero_latency_noreuse_success": mean(
+                "oracle_lateral_zero_latency_noreuse", "success"
+            ),
+            "oracle_lateral_sync_success": mean("oracle_lateral_sync", "success"),
+            "oracle_lateral_async_reuse_success_age_1p7": mean(
+                "oracle_lateral_async_reuse_age_1p7", "success"
+            ),
+            "oracle_lateral_async_noreuse_success_age_1p7": mean(
+                "oracle_lateral_async_noreuse_age_1p7", "success"
+            ),
+        }
+    if args.stage2:
+        metrics["stage2_zero_latency_success"] = mean("stage2_zero_latency", "success")
+        metrics["stage2_async_success_age_1p7"] = mean("stage2_async_age_1p7", "success")
     for name in configs:
         metrics[f"{name}_depth_error_mm_mean_abs"] = float(
             np.mean([abs(r["depth_error_mm"]) for r in results[name]])
@@ -153,8 +198,12 @@ def main() -> None:
         "episodes": episodes,
         "seed": args.seed,
         "max_episode_s": max_s,
-        "train_steps": args.steps,
-        "demos": args.demos,
+        "model": train[True].model,
+        "train_steps": train[True].steps,
+        "recipes": {"reuse": train[True].recipe, "noreuse": train[False].recipe},
+        "demos": data.episodes,
+        "stage2_steps": args.stage2,
+        "lateral_oracle": not args.no_oracle,
         "force_guard_n": guard,
         "checkpoints": {str(k): str(v) for k, v in ckpt.items()},
     }

@@ -1,20 +1,19 @@
-"""Can a policy find the target from these VL features? Probes on the first frame of seeded sim episodes.
+"""Can a policy find the target from these VL features? The grounding head on frozen features of new scenes.
 
-For N seeded episodes it renders the five views at the start pose, extracts the VL features of a model
-config and fits, on 80 % of the episodes, (a) a ridge regression from the flattened features to the
-lateral offset target - tip, and (b) the same from hand-made features: the pixel centroid of the
-instructed colour in every view, and (c) a cubic in the tool view's centroid (pixels nearer the needle's
-colour than the target's dropped, so the needle does not pass for the White target) and the tip height,
-a bound on what the images allow at this resolution. It prints one JSON object with the median held-out
-errors (mm) beside the error of always predicting the mean offset.
+For N seeded sim episodes (seeds never used by Stage 0 or the demonstrations) it takes the first frame and
+frames along the scripted approach, pairs each with every colour's instruction, extracts the VL features
+of a model config (the tokens vlm_node publishes) and reads the instructed target's lateral offset
+(target - tip, mm) with the grounding head saved beside the VLM's weights (Stage 0). It prints one JSON
+object: ``vl_probe_median_mm``, ``vl_probe_p90_mm``, per colour and per frame kind, beside the error of
+always guessing the mean offset of the same samples.
 
-With ``--finetune-steps N`` it also asks whether *training* fixes it, under the same budget (N Adam steps,
-batch 16, lr 1e-3, standardised offsets): (d) the whole VLM fine-tuned together with an attention-pool
-head that knows each token's position, and (e) a three-layer CNN on the tool view alone, told the
-instructed colour as five one-hot input planes.
+``--baselines`` adds the older probes: a ridge regression from the flattened features, the pixel
+centroids of the instructed colour in every view, and a cubic in the tool view's centroid and the tip
+height (a bound on what the images allow at this resolution); ``--finetune-steps N`` also fine-tunes the
+VLM with a position-aware head and trains a tool-view CNN under the same budget (slow).
 
-    scripts/in-env python scripts/vision_probe.py [--config tiny] [--episodes 600] [--image-size 112]
-                                                  [--finetune-steps 0] [--out probe.json]
+    scripts/in-env python scripts/vision_probe.py [--config tiny_sim] [--episodes 200] [--seed 4242]
+                                                  [--approach-frames 3] [--baselines] [--out probe.json]
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from models.config import load_model_config
 from models.fast_path import load_extractor
-from sim.config import TARGET_COLOURS, RigConfig
+from sim.config import TARGET_COLOURS, RigConfig, instruction_for
 from sim.demos import episode_seed
 from sim.render import NEEDLE_RGB
 from sim.rig import InsertionRig
@@ -183,16 +182,77 @@ def finetuned_errors(
     return {"finetuned_vlm_token_pool_error_mm": vlm_error, "tool_view_cnn_error_mm": cnn_error}
 
 
-def main() -> int:
-    """Collect first frames, fit the probes, print (and optionally write) the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tiny")
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--finetune-steps", type=int, default=0, help="0 skips the trained probes")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    args = parser.parse_args()
+def probe_samples(rig: InsertionRig, episodes: int, seed: int, approach_frames: int):
+    """Per episode: the first frame and ``approach_frames`` frames along the scripted approach.
+
+    Yields ``(views, tip_pose, scene, kind)``; the approach frames are taken while the expert moves the tip
+    towards its target (every 3 steps), before it reaches the alignment tolerance.
+    """
+    from sim.expert import ScriptedExpert
+
+    for index in range(episodes):
+        target = TARGET_COLOURS[index % len(TARGET_COLOURS)]
+        obs = rig.reset(target, seed=episode_seed(seed, index))
+        yield [obs.images[name] for name in rig.camera_names], obs.pose, rig.scene, "first"
+        expert = ScriptedExpert(rig.scene, seed=index)
+        taken = 0
+        for step in range(60):
+            rig.apply_action(expert.act(rig.pose()))
+            if taken < approach_frames and step % 3 == 2:
+                frames = rig.render_cameras()
+                yield [frames[name] for name in rig.camera_names], rig.pose(), rig.scene, "approach"
+                taken += 1
+            if taken >= approach_frames:
+                break
+
+
+def head_probe(args: argparse.Namespace) -> dict:
+    """The shipped grounding head on frozen features of the probe's samples; errors in mm."""
+    from models.grounding import load_grounding_head
+    from models.vlm import resolve_model_path
+
+    vlm_cfg = load_model_config(args.config).vlm
+    extractor = load_extractor(vlm_cfg)
+    head = load_grounding_head(resolve_model_path(vlm_cfg.model_name_or_path))
+    rig = InsertionRig(RigConfig().with_image_size(vlm_cfg.image_width, vlm_cfg.image_height), seed=args.seed)
+    instructions = [instruction_for(colour) for colour in TARGET_COLOURS]
+    errors, offsets, kinds = [], [], []
+    samples = probe_samples(rig, args.episodes, args.seed, args.approach_frames)
+    for views, pose, scene, kind in tqdm(samples, desc="probe frames", mininterval=5):
+        with torch.no_grad():
+            features = torch.stack(extractor.forward_features_shared([views], [instructions]))
+            predicted = head(features).offset_mm.numpy()
+        truth = np.stack([scene.targets_xy_mm[colour] - pose[0:2] for colour in TARGET_COLOURS])
+        errors.append(np.linalg.norm(predicted - truth, axis=1))
+        offsets.append(truth)
+        kinds.append(kind)
+    errors, offsets, kinds = np.stack(errors), np.stack(offsets), np.array(kinds)
+    guess = np.linalg.norm(offsets - offsets.reshape(-1, 2).mean(0), axis=-1)
+    report = {
+        "config": args.config,
+        "model": vlm_cfg.model_name_or_path,
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "frames": int(len(errors)),
+        "pairs": int(errors.size),
+        "vl_probe_median_mm": float(np.median(errors)),
+        "vl_probe_p90_mm": float(np.percentile(errors, 90)),
+        "vl_probe_mean_mm": float(np.mean(errors)),
+        "mean_guess_median_mm": float(np.median(guess)),
+        "mean_guess_p90_mm": float(np.percentile(guess, 90)),
+    }
+    for k, colour in enumerate(TARGET_COLOURS):
+        report[f"vl_probe_median_mm_{colour.lower()}"] = float(np.median(errors[:, k]))
+        report[f"vl_probe_p90_mm_{colour.lower()}"] = float(np.percentile(errors[:, k], 90))
+    for kind in ("first", "approach"):
+        if (kinds == kind).any():
+            report[f"vl_probe_median_mm_{kind}"] = float(np.median(errors[kinds == kind]))
+            report[f"vl_probe_p90_mm_{kind}"] = float(np.percentile(errors[kinds == kind], 90))
+    return report
+
+
+def baseline_probes(args: argparse.Namespace) -> dict:
+    """The older probes on first frames: ridge on flattened features, colour centroids, tool-view cubic."""
     size = args.image_size
     vlm_cfg = load_model_config(args.config).vlm
     vlm_cfg = dataclasses.replace(vlm_cfg, image_width=size, image_height=size, max_pixels=size * size)
@@ -217,15 +277,14 @@ def main() -> int:
             instructions.append(obs.instruction)
     y = np.asarray(offsets)
     train = int(0.8 * len(y))
-    baseline = float(np.median(np.linalg.norm(y[train:] - y[:train].mean(0), axis=1)))
-    lams = (1.0, 10.0, 100.0, 1000.0)
     report = {
-        "config": args.config,
-        "episodes": args.episodes,
-        "image_size": size,
-        "tokens": int(len(features[0]) // vlm_cfg.hidden_size),
-        "mean_offset_error_mm": baseline,
-        "vl_features_ridge_error_mm": min(ridge_error(np.asarray(features), y, train, lam) for lam in lams),
+        "baseline_image_size": size,
+        "baseline_mean_offset_error_mm": float(
+            np.median(np.linalg.norm(y[train:] - y[:train].mean(0), axis=1))
+        ),
+        "vl_features_ridge_error_mm": min(
+            ridge_error(np.asarray(features), y, train, lam) for lam in (1.0, 10.0, 100.0, 1000.0)
+        ),
         "colour_centroid_ridge_error_mm": min(
             ridge_error(np.asarray(centroids), y, train, lam) for lam in (1e-3, 1e-1, 1.0)
         ),
@@ -238,6 +297,26 @@ def main() -> int:
         report.update(
             finetuned_errors(extractor, kept_views, instructions, y, train, args.finetune_steps, tool_view)
         )
+    return report
+
+
+def main() -> int:
+    """Run the probe (and the baselines when asked), print (and optionally write) the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tiny_sim")
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument(
+        "--approach-frames", type=int, default=3, help="frames along the approach per episode"
+    )
+    parser.add_argument("--baselines", action="store_true", help="also the ridge/centroid/cubic probes")
+    parser.add_argument("--image-size", type=int, default=112, help="image size of the baseline probes")
+    parser.add_argument("--finetune-steps", type=int, default=0, help="baselines: 0 skips the trained probes")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    report = head_probe(args)
+    if args.baselines or args.finetune_steps > 0:
+        report.update(baseline_probes(args))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:

@@ -284,7 +284,9 @@ class ActionExpertNode(ManagedNode):
 
     def _warm_up(self) -> None:
         cfg = self.policy.config
-        encoded = self.policy.encode_vl_features(np.zeros((4, cfg.vlm.hidden_size), np.float32))
+        # As many tokens as the VLM publishes when the layout fixes it (the grounding read-out needs all).
+        tokens = cfg.action_expert.vl_token_positions or 4
+        encoded = self.policy.encode_vl_features(np.zeros((tokens, cfg.vlm.hidden_size), np.float32))
         window = np.zeros((cfg.sensor.window, cfg.sensor.channels), np.float32)
         state = np.zeros(cfg.action_expert.state_dim, np.float32) if cfg.action_expert.state_dim else None
         motion = np.zeros(MOTION_DIM, np.float32) if cfg.action_expert.motion_input else None

@@ -234,6 +234,8 @@ class SimNode(Node):
         seed = episode_seed(int(self.params["seed"]), index)
         self._flush_sensor()  # a message never spans two episodes (its stamps are first + i / rate)
         self.rig.reset(target=target, seed=seed, render=False, start_ns=start_ns)
+        self._trace = {k: [] for k in ("t_s", "tip_mm", "force_n", "chunk_status", "vl_age_s", "robot")}
+        self._last_force_n = 0.0
         self.executor_.reset(start_ns)
         self.end_rule.reset()
         self.episode_started_wall = time.monotonic()
@@ -255,6 +257,8 @@ class SimNode(Node):
             hold_reasons=dict(stats.hold_reasons),
             chunks_received=stats.received,
             wall_s=time.monotonic() - self.episode_started_wall,
+            targets_xy_mm={name: [float(v) for v in xy] for name, xy in self.rig.scene.targets_xy_mm.items()},
+            trace=self._trace,
         )
         self.results.append(result)
         self.get_logger().info(
@@ -356,12 +360,26 @@ class SimNode(Node):
             step_s = chunk.step_dt_s if chunk is not None else 0.1
         rig.apply_action(control_piece(action, (self.tick_ns / NS_PER_S) / step_s), self.tick_ns / NS_PER_S)
         self._publish_streams()
+        if self.state == "running" and round(rig.time_s * 100) % 10 == 0:
+            self._record_trace()
+
+    def _record_trace(self) -> None:
+        """One 100 ms sample of what happened (for the demo's plots; ground truth, after the fact)."""
+        chunk = self.executor_.newest
+        trace = self._trace
+        trace["t_s"].append(round(self.rig.time_s, 3))
+        trace["tip_mm"].append([round(float(v), 4) for v in self.rig.pose()[0:3]])
+        trace["force_n"].append(round(self._last_force_n, 4))
+        trace["chunk_status"].append(-1 if chunk is None else int(chunk.status))
+        trace["vl_age_s"].append(None if chunk is None else round(float(chunk.vl_age_s), 3))
+        trace["robot"].append(self.executor_.last_reason or "moving")
 
     def _publish_streams(self, force_camera: bool = False) -> None:
         rig = self.rig
         tick = round(rig.time_s * self.config.robot.control_rate_hz)
         stamps, samples = rig.sensor_samples_until()
         if stamps.size:
+            self._last_force_n = float(samples[-1, 0])
             self._sensor_pending.append((stamps, samples))
             self._sensor_pending_count += stamps.size
         if self._sensor_pending_count >= int(self.params["sensor_samples_per_message"]) or force_camera:

@@ -32,6 +32,8 @@ class LoopSettings:
     rate: float = 1.0
     lockstep_timeout_s: float = 2.0
     vlm_period_s: float = 1.7
+    vlm_latency_s: float = 0.0
+    """Extra seconds every VLM inference takes (vlm_node ``inject_latency_s``): the users' VLM latency."""
     max_episode_s: float = 15.0
     timeout_s: float = 600.0
     results_file: Path = Path("demo_output/closed_loop_results.json")
@@ -77,6 +79,8 @@ def bringup_command(s: LoopSettings) -> list[str]:
         "--autostart",
         "--vlm-param",
         f"vlm_period_s:={float(s.vlm_period_s)}",
+        "--vlm-param",
+        f"inject_latency_s:={float(s.vlm_latency_s)}",
     ]
     if s.params_file is not None:
         command += ["--params-file", str(s.params_file)]

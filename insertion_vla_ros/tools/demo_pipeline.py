@@ -1,4 +1,4 @@
-"""Cached steps of the demo (and the closed-loop bench): sim demonstrations, tiny VLM, Stage 1 policy.
+"""Cached steps of the demo (and the closed-loop benches): sim demonstrations, Stage 1 and Stage 2 policies.
 
 Every product lives under a work folder in a sub-folder named by a hash of the settings that made it, and
 is complete only when its marker file exists, so a later run with the same settings reuses it and a run
@@ -14,16 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-TRAINING_RECIPE_VERSION = 2
+TRAINING_RECIPE_VERSION = 3
 """Part of the cached policy's key: bump it when the training code changes what a run produces (2: constant
-action dimensions keep their constant, ``training.normalization.CONSTANT_ACTION_STD``)."""
+action dimensions keep their constant, ``training.normalization.CONSTANT_ACTION_STD``; 3: age recipes and
+the motion-since-capture input)."""
+DEMO_MODEL = "tiny_sim"
+"""The embedded default: the Stage 0 sim-pretrained Qwen2.5-VL (``builtin:tiny-sim``) + a small expert."""
 
 
 @dataclass(frozen=True)
 class DataSettings:
     """Which demonstrations to generate."""
 
-    episodes: int = 16
+    episodes: int = 32
     seed: int = 0
     image_size: tuple[int, int] = (112, 112)
     camera_rate_hz: float = 10.0
@@ -35,14 +38,29 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Stage 1 on cached VL features (frozen tiny VLM)."""
+    """Stage 1 on cached VL features (frozen VLM)."""
 
-    steps: int = 400
+    steps: int = 800
     global_batch: int = 32
-    reuse: bool = True
-    """Staleness training: sample feature ages k = 0..R-1 (False: always fresh features, k = 0)."""
+    recipe: str = "matched"
+    """Feature ages to train on (``training.age_recipe``): fresh, reuse or matched."""
+    vlm_latency_s: float = 1.5
+    vlm_period_s: float = 1.7
     seed: int = 0
     lr: float = 1e-3
+    model: str = DEMO_MODEL
+    """Model config name or YAML path."""
+
+
+@dataclass(frozen=True)
+class Stage2Settings:
+    """Stage 2: LoRA on the VLM with feature reuse, from a Stage 1 checkpoint (one VLM forward per group)."""
+
+    steps: int = 100
+    groups: int = 4
+    lr_lora: float = 2e-4
+    lr_heads: float = 2e-4
+    seed: int = 0
 
 
 def _tag(*parts: Any) -> str:
@@ -78,23 +96,16 @@ def ensure_demonstrations(
     return root / "episodes", json.loads(marker.read_text())
 
 
-def ensure_tiny_vlm() -> Path:
-    """Build (or reuse) the tiny Qwen2.5-VL the ``tiny`` model config names as ``builtin:tiny``."""
-    from models.tiny_qwen import cached_tiny_qwen2_5_vl
-
-    return cached_tiny_qwen2_5_vl()
-
-
 def ensure_policy(
     work: Path, data_dir: Path, data: DataSettings, train: TrainSettings, progress: bool = True
 ) -> Path:
-    """Train (or reuse) a Stage 1 tiny policy on ``data_dir``; return its final checkpoint directory."""
+    """Train (or reuse) a Stage 1 policy on ``data_dir``; return its final checkpoint directory."""
     from models.config import load_model_config
     from training.config import TrainConfig
     from training.trainer import train as run_training
 
-    # The model config is part of the key: editing config/models/tiny.yaml must retrain, not reuse.
-    key = _tag(data, train, load_model_config("tiny").to_dict(), TRAINING_RECIPE_VERSION)
+    # The model config is part of the key: editing config/models/*.yaml must retrain, not reuse.
+    key = _tag(data, train, load_model_config(train.model).to_dict(), TRAINING_RECIPE_VERSION)
     out = Path(work) / "train" / f"stage1-{key}"
     final = out / "final"
     if (final / "config.json").is_file():
@@ -103,7 +114,7 @@ def ensure_policy(
         stage=1,
         data=str(data_dir),
         out=str(out),
-        model="tiny",
+        model=train.model,
         cache_dir=str(Path(work) / "vl_cache"),
         cache_mode="build",
         steps=train.steps,
@@ -112,7 +123,9 @@ def ensure_policy(
         lr_sensor_encoder=train.lr,
         lr_action_expert=train.lr,
         warmup_steps=min(50, max(1, train.steps // 10)),
-        age_weights=None if train.reuse else [1.0],
+        age_recipe=train.recipe,
+        vlm_latency_s=train.vlm_latency_s,
+        vlm_period_s=train.vlm_period_s,
         val_fraction=0.125,
         val_every=max(1, train.steps // 4),
         val_max_items=128,
@@ -121,7 +134,59 @@ def ensure_policy(
         device="cpu",
         progress=progress,
     )
-    result = run_training(cfg)
+    return _finished(run_training(cfg), train.steps)
+
+
+def ensure_stage2_policy(
+    work: Path,
+    data_dir: Path,
+    stage1: Path,
+    train: TrainSettings,
+    stage2: Stage2Settings,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune (or reuse) LoRA on the VLM from the Stage 1 checkpoint ``stage1``; return the checkpoint.
+
+    Each step is ``groups`` VLM forwards, each shared by the R ticks that reuse its feature (at the ages of
+    the Stage 1 recipe), exactly as a feature is reused at run time.
+    """
+    from training.config import TrainConfig
+    from training.trainer import train as run_training
+
+    key = _tag(str(stage1), train, stage2, TRAINING_RECIPE_VERSION)
+    out = Path(work) / "train" / f"stage2-{key}"
+    final = out / "final"
+    if (final / "config.json").is_file():
+        return final
+    cfg = TrainConfig(
+        stage=2,
+        data=str(data_dir),
+        out=str(out),
+        init_checkpoint=str(stage1),
+        cache_mode="off",
+        steps=stage2.steps,
+        global_batch=stage2.groups,
+        micro_batch=stage2.groups,
+        lr_lora=stage2.lr_lora,
+        lr_sensor_encoder=stage2.lr_heads,
+        lr_action_expert=stage2.lr_heads,
+        warmup_steps=min(20, max(1, stage2.steps // 10)),
+        age_recipe=train.recipe,
+        vlm_latency_s=train.vlm_latency_s,
+        vlm_period_s=train.vlm_period_s,
+        group_stride=4,
+        val_fraction=0.125,
+        val_every=max(1, stage2.steps // 2),
+        val_max_items=16,
+        checkpoint_every=max(1, stage2.steps // 2),
+        seed=stage2.seed,
+        device="cpu",
+        progress=progress,
+    )
+    return _finished(run_training(cfg), stage2.steps)
+
+
+def _finished(result, steps: int) -> Path:
     if result.final_checkpoint is None:
-        raise RuntimeError(f"training stopped at step {result.step} of {train.steps}; run again to resume")
+        raise RuntimeError(f"training stopped at step {result.step} of {steps}; run again to resume")
     return Path(result.final_checkpoint)
