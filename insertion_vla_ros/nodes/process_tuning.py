@@ -62,8 +62,13 @@ def make_executor(params: dict[str, Any], default_threads: int = 4, context: Any
     kind = params.get("executor", "single")
     threads = int(params.get("executor_threads", default_threads))
     if kind == "events":
-        from rclpy.experimental import EventsExecutor
-
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError as error:  # Humble's rclpy has none
+            raise RuntimeError(
+                "executor 'events' needs rclpy.experimental.EventsExecutor (ROS 2 Jazzy or newer); "
+                "use executor 'single' here"
+            ) from error
         return EventsExecutor(context=context)
     if kind == "multi" or threads >= 2:
         return MultiThreadedExecutor(num_threads=max(threads, 2), context=context)
