@@ -3,7 +3,8 @@
 One folder per episode::
 
     <episode>/
-      meta.json                  format/version, instruction, camera names, rates, source, free metadata
+      meta.json                  format/version, instruction, camera names, rates, source, free metadata,
+                                 optional action_start_ns (see below)
       cameras/<name>/stamps_ns.npy   int64 [F]   capture stamp of each frame (ns, strictly increasing)
       cameras/<name>/000000.jpg ...  JPEG frame i (RGB), index-aligned with stamps_ns.npy
       sensor.npy                 float32 [N, C]  650 Hz samples; channel 0 force (N), 1..C-1 OCT A-line
@@ -16,6 +17,12 @@ computed, which the feature cache makes rare); ``.npy`` arrays open with ``mmap_
 indexes the 650 Hz stream without reading whole episodes, and numpy is all a reader needs (no pickle:
 arrays load with ``allow_pickle=False``). Episodes are written into a temporary folder and renamed into
 place, so a crash never leaves a half-written episode that looks complete.
+
+``action_start_ns`` (optional) is when the recorded robot starts acting. Before it the robot is at rest
+and the recording is context only: its frames can be the source of a VL feature for a later tick, but no
+tick before it is a training target. A deployed action expert holds until the VLM's first result, so its
+first motion is made on features one VLM latency or more old; demonstrations that start at rest for that
+long are the only ones whose motion starts at the ages the node sees (``sim.demos``).
 """
 
 from __future__ import annotations
@@ -64,7 +71,9 @@ class EpisodeWriter:
         num_sensor_channels: int = 1026,
         source: str = "unknown",
         metadata: dict[str, Any] | None = None,
+        action_start_ns: int | None = None,
     ) -> None:
+        """``action_start_ns``: when the robot starts acting (module docstring; None: from the start)."""
         self.path = Path(path)
         self._tmp = self.path.with_name(self.path.name + ".partial")
         if self._tmp.exists():
@@ -82,6 +91,8 @@ class EpisodeWriter:
             "source": source,
             "metadata": dict(metadata or {}),
         }
+        if action_start_ns is not None:
+            self._meta["action_start_ns"] = int(action_start_ns)
         self._frame_stamps: dict[str, list[int]] = {camera: [] for camera in cameras}
         self._sensor_chunks: list[np.ndarray] = []
         self._sensor_stamp_chunks: list[np.ndarray] = []
@@ -188,6 +199,12 @@ class Episode:
         """Camera names in model input order."""
         return list(self.meta["cameras"])
 
+    @property
+    def action_start_ns(self) -> int | None:
+        """When the robot starts acting (earlier data is feature context only); None: from the start."""
+        value = self.meta.get("action_start_ns")
+        return None if value is None else int(value)
+
     def _array(self, relative: str) -> np.ndarray:
         file = self.path / relative
         if not file.is_file():
@@ -249,6 +266,13 @@ class Episode:
         for label, stamps in (("sensor", sensor_stamps), ("pose", pose_stamps)):
             if stamps.shape[0] > 1 and not np.all(np.diff(stamps) > 0):
                 found.append(f"{label} stamps are not strictly increasing")
+        start = self.meta.get("action_start_ns")
+        if start is not None and (not isinstance(start, int) or isinstance(start, bool)):
+            found.append(f"action_start_ns must be an integer stamp (ns), got {start!r}")
+        elif start is not None and pose_stamps.shape[0] and not pose_stamps[0] <= start <= pose_stamps[-1]:
+            found.append(
+                f"action_start_ns {start} lies outside the pose stream [{pose_stamps[0]}, {pose_stamps[-1]}]"
+            )
         if sensor.size and not np.isfinite(sensor).all():
             found.append("sensor holds non-finite values")
         if pose.size and not np.isfinite(pose).all():

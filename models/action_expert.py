@@ -5,9 +5,12 @@ Three stages, split so the expensive VL side runs once per VL feature rather tha
 1. ``encode_vl`` (cacheable): a latent resampler — ``vl_latents`` learned queries cross-attend to the
    projected VL tokens ``[B, T, Hvl]`` — compresses ~1500 x 2048 features to ``[B, vl_latents, d]``. It
    depends on nothing but the features, so one result serves all ~17 ticks that reuse them.
-2. ``context``: a small transformer encoder over ``[age token, (state token,) (motion token,) sensor
-   tokens, VL latents]``; the state token embeds the measured robot pose when ``state_dim > 0``, the motion
-   token the robot's pose change since the features' capture when ``motion_input``.
+2. ``context``: a small transformer encoder over ``[age token, (state token,) (motion token,) (grounding
+   now token,) sensor tokens, VL latents]``; the state token embeds the measured robot pose when
+   ``state_dim > 0``, the motion token the robot's pose change since the features' capture when
+   ``motion_input``. With ``grounding_input`` the VLM's read-out of the target offset is one more VL latent,
+   and with ``motion_input`` too it also enters as it is now: the offset at capture minus the robot's
+   lateral motion since, so that a feature 3 s old still says where the target is from here.
 3. a head, decoding ``horizon`` action tokens that cross-attend to the context:
    * ``regression``: learned step queries, one pass, trained with masked MSE;
    * ``flow`` (rectified flow matching): tokens embed a noisy chunk x_t and the time t; the decoder
@@ -67,7 +70,9 @@ class VLResampler(nn.Module):
     """``[B, T, Hvl]`` (+ bool mask, True = real) -> ``[B, n_latents, d]`` via one cross-attention block.
 
     With a ``grounding`` head config, the VLM's grounding head (loaded by the trainer from the VLM folder,
-    frozen) reads the instructed target's offset from the tokens and an MLP embeds it as one more latent.
+    frozen) reads the instructed target's offset from the tokens. The offset travels raw in one more latent
+    slot (``offset_mm / OFFSET_SCALE_MM`` in its first two channels, zeros after) and
+    ``ActionExpert.context`` embeds it at the tick, where the motion since capture is known.
     """
 
     def __init__(self, vl_hidden: int, cfg: ActionExpertConfig, grounding: GroundingHeadConfig | None = None):
@@ -89,9 +94,7 @@ class VLResampler(nn.Module):
         self.grounding = None
         if grounding is not None:
             self.grounding = GroundingHead(grounding).requires_grad_(False)
-            self.grounding_embed = nn.Sequential(
-                nn.Linear(2, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model)
-            )
+            self.grounding_embed = _offset_mlp(cfg.d_model)
 
     def forward(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compress VL tokens; masked-out tokens (False) never contribute."""
@@ -112,8 +115,14 @@ class VLResampler(nn.Module):
         tokens = self.grounding.config.num_views * self.grounding.config.tokens_per_view
         if vl.shape[1] < tokens or (mask is not None and not bool(mask[:, :tokens].all())):
             raise ValueError(f"the grounding read-out needs all {tokens} vision tokens of every feature")
-        offset_mm = self.grounding(vl[:, :tokens]).offset_mm
-        return self.grounding_embed(offset_mm / OFFSET_SCALE_MM)[:, None]
+        scaled = self.grounding(vl[:, :tokens]).offset_mm / OFFSET_SCALE_MM
+        slot = scaled.new_zeros(scaled.shape[0], 1, self.out_norm.normalized_shape[0])
+        slot[:, 0, :2] = scaled
+        return slot
+
+
+def _offset_mlp(d_model: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, d_model), nn.GELU(), nn.Linear(d_model, d_model))
 
 
 class ActionExpert(nn.Module):
@@ -156,6 +165,10 @@ class ActionExpert(nn.Module):
         if cfg.motion_input:
             self.motion_embed = nn.Sequential(nn.Linear(MOTION_DIM, d), nn.GELU(), nn.Linear(d, d))
             self.motion_type = nn.Parameter(torch.randn(d) * 0.02)
+        self.grounding_now_embed = None
+        if cfg.grounding_input and cfg.motion_input:
+            self.grounding_now_embed = _offset_mlp(d)
+            self.grounding_now_type = nn.Parameter(torch.randn(d) * 0.02)
 
     # ------------------------------------------------------------------------------------ building blocks
     def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,13 +187,19 @@ class ActionExpert(nn.Module):
         age: torch.Tensor,
         state: torch.Tensor | None = None,
         motion: torch.Tensor | None = None,
+        motion_mm: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fuse ``[age, (state,) (motion,) sensor tokens, VL latents]`` -> ``[B, 1 (+2) + S + L, d]``.
+        """Fuse ``[age, (state,) (motion,) (grounding now,) sensor tokens, VL latents]`` -> ``[B, N, d]``.
 
         ``state`` is the normalised robot state ``[B, state_dim]``, required exactly when the config has
         ``state_dim > 0``; ``motion`` the normalised pose change since capture ``[B, 6]``, required exactly
-        when ``motion_input``.
+        when ``motion_input``, and ``motion_mm`` the same change in physical units (mm, rad), required
+        when the grounding read-out is compensated for it (``grounding_input`` and ``motion_input``).
         """
+        if self.resampler.grounding is not None:
+            offset = vl_latents[:, -1, :2]  # the raw read-out slot (see VLResampler)
+            embedded = self.resampler.grounding_embed(offset)[:, None]
+            vl_latents = torch.cat([vl_latents[:, :-1], embedded], dim=1)
         parts = [(age + self.type_embed[0])[:, None]]
         if self.state_embed is not None:
             if state is None:
@@ -190,6 +209,11 @@ class ActionExpert(nn.Module):
             if motion is None:
                 raise ValueError(f"this action expert needs the motion since capture ([B, {MOTION_DIM}])")
             parts.append((self.motion_embed(motion.float()) + self.motion_type)[:, None])
+        if self.grounding_now_embed is not None:
+            if motion_mm is None:
+                raise ValueError("the compensated grounding read-out needs motion_mm ([B, 6], mm and rad)")
+            now = offset - motion_mm[:, :2].float() / OFFSET_SCALE_MM
+            parts.append((self.grounding_now_embed(now) + self.grounding_now_type)[:, None])
         parts += [sensor_tokens + self.type_embed[1], vl_latents + self.type_embed[2]]
         return self.context_encoder(torch.cat(parts, dim=1))
 

@@ -168,7 +168,9 @@ class ActionExpertConfig:
     # Grounding read-out: the VLM's own Stage 0 grounding head (``models.grounding``, shipped beside the
     # VLM weights, frozen) reads the instructed target's offset from the VL tokens, and its estimate is one
     # more VL latent. A pretrained read-out the few demonstrations of Stage 1 could never learn themselves;
-    # it sees nothing but the features. Needs ``vl_token_positions`` (the head's token grid).
+    # it sees nothing but the features. Needs ``vl_token_positions`` (the head's token grid). With
+    # ``motion_input`` too, the estimate also enters as it is at the tick (offset at capture minus the
+    # lateral motion since), so no policy has to learn that subtraction from a few demonstrations.
     grounding_input: bool = False
 
     @property

@@ -476,8 +476,14 @@ class AsyncVLAPolicy(nn.Module):
         """
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(latents, self.sensor_encoder(window), age, state, motion)
+        context = ae.context(
+            latents, self.sensor_encoder(window), age, state, motion, self._motion_mm(motion)
+        )
         return self.denormalize_actions(ae.predict(context, age))
+
+    def _motion_mm(self, motion: torch.Tensor | None) -> torch.Tensor | None:
+        """Normalised motion since capture -> mm and rad (``None`` stays ``None``)."""
+        return None if motion is None else motion * self.motion_std + self.motion_mean
 
     # ------------------------------------------------------------------------------------------ training
     def set_stage(self, stage: int) -> None:
@@ -548,7 +554,7 @@ class AsyncVLAPolicy(nn.Module):
         moved = self.normalized_motion(batch.get("motion"), n)
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(latents, self.sensor_encoder(window), age, state, moved)
+        context = ae.context(latents, self.sensor_encoder(window), age, state, moved, self._motion_mm(moved))
         loss, metrics = ae.loss(context, age, self.normalize_actions(target), step_mask)
         metrics["loss"] = float(loss.detach())
         metrics["vl_age_mean_s"] = float(age_s.mean())

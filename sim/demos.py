@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from contracts.constants import ACTION_PERIOD_S
+from contracts.constants import ACTION_PERIOD_S, NS_PER_S
 from contracts.episode import EpisodeWriter
 from sim.config import RigConfig
 from sim.expert import ScriptedExpert
@@ -47,6 +47,17 @@ training sees ticks whose whole target chunk is "stay": with 3 hold steps no sam
 at rest at the goal, and learned policies kept inserting past the target depth."""
 
 
+DEFAULT_START_WAIT_S = 0.0
+"""Seconds at rest before the expert acts (0: it acts at once, as before)."""
+
+
+def start_wait_steps(start_wait_s: float, step_s: float = ACTION_PERIOD_S) -> int:
+    """Whole expert steps of a start wait (``ValueError`` for a negative one)."""
+    if start_wait_s < 0:
+        raise ValueError(f"start_wait_s must be >= 0, got {start_wait_s}")
+    return round(start_wait_s / step_s)
+
+
 def episode_seed(seed: int, index: int) -> int:
     """Return the rig seed of demonstration ``index`` in the set generated with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -62,8 +73,12 @@ def run_expert_episode(
     hold_steps: int = DEFAULT_HOLD_STEPS,
     pause_probability: float = 0.0,
     pause_steps: tuple[int, int] = (2, 6),
+    start_wait_s: float = DEFAULT_START_WAIT_S,
 ) -> dict[str, Any]:
     """Drive the expert in a ``reset`` rig, streaming everything to ``sinks``; return ``evaluate()``.
+
+    With ``start_wait_s`` > 0 the robot first stays at rest that long (recorded; the episode's
+    ``action_start_ns`` says where the expert starts, see ``contracts.episode``).
 
     The episode ends ``hold_steps`` steps after the expert reaches its goal, or after ``max_steps`` steps.
     With ``pause_probability`` > 0 the expert stops for ``pause_steps`` (inclusive range, drawn from
@@ -102,8 +117,12 @@ def run_expert_episode(
     held = 0
     pause_rng = np.random.default_rng([expert_seed, 1])
     paused = 0
-    for _ in range(max_steps):
+    waiting = start_wait_steps(start_wait_s, step_s)
+    for _ in range(waiting + max_steps):
         action = expert.act(rig.pose())
+        if waiting > 0:
+            waiting -= 1
+            action = np.concatenate([np.zeros(6), action[6:]])
         inside = rig.pose()[2] < 0.0 and not expert.at_goal(rig.pose())
         if paused == 0 and inside and pause_rng.random() < pause_probability:
             paused = int(pause_rng.integers(pause_steps[0], pause_steps[1] + 1))
@@ -143,13 +162,15 @@ def generate_demonstrations(
     hold_steps: int = DEFAULT_HOLD_STEPS,
     pause_probability: float = 0.0,
     progress: bool = True,
+    start_wait_s: float = DEFAULT_START_WAIT_S,
 ) -> list[dict[str, Any]]:
     """Run the expert for ``num_episodes`` seeded episodes and record each one.
 
     Episodes go to ``out_dir/episode_00000`` ... in the ``contracts.episode`` format (when
     ``write_episodes``); with ``bag_dir`` the same streams also go to ``bag_dir/episode_00000`` ... as
     rosbag2 MCAP. ``image_size`` is (width, height). ``targets`` cycles through the given colours (random
-    per episode when ``None``). Returns one summary per episode: paths, seeds and the ``evaluate()`` result.
+    per episode when ``None``). ``start_wait_s``: see :func:`run_expert_episode`. Returns one summary per
+    episode: paths, seeds and the ``evaluate()`` result.
     """
     from sim.bag import BagEpisodeWriter
 
@@ -174,8 +195,10 @@ def generate_demonstrations(
             "image_size": list(image_size),
             "hold_steps": hold_steps,
             "pause_probability": pause_probability,
+            "start_wait_s": start_wait_s,
             "rig_config": config.to_dict(),
         }
+        wait_ns = start_wait_steps(start_wait_s) * round(ACTION_PERIOD_S * NS_PER_S)
         sinks: list[Any] = []
         if write_episodes:
             sinks.append(
@@ -188,6 +211,7 @@ def generate_demonstrations(
                     num_sensor_channels=rig.sensor.num_channels,
                     source="sim",
                     metadata=metadata,
+                    action_start_ns=rig.start_ns + wait_ns if wait_ns else None,
                 )
             )
         if bag_dir is not None:
@@ -205,6 +229,7 @@ def generate_demonstrations(
                 max_steps=max_steps,
                 hold_steps=hold_steps,
                 pause_probability=pause_probability,
+                start_wait_s=start_wait_s,
             )
         except BaseException:
             for sink in sinks:

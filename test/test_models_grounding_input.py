@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from models_fixtures import make_policy, one_torch_thread, sensor, tiny_qwen_dir, vl_feats  # noqa: F401
@@ -53,8 +54,9 @@ def test_readout_is_the_vlm_head_frozen_and_one_more_latent(vlm_with_head):
         latents.shape == (3, cfg.vl_latents + 1, cfg.d_model) and cfg.encoded_vl_tokens == cfg.vl_latents + 1
     )
     with torch.no_grad():
-        expected = policy.action_expert.resampler.grounding_embed(head(feats).offset_mm / OFFSET_SCALE_MM)
-    assert torch.allclose(latents[:, -1], expected, atol=1e-5)
+        expected = head(feats).offset_mm / OFFSET_SCALE_MM
+    assert torch.allclose(latents[:, -1, :2], expected, atol=1e-5)  # the raw read-out, embedded at the tick
+    assert torch.equal(latents[:, -1, 2:], torch.zeros_like(latents[:, -1, 2:]))
     actions = policy.predict_actions(feats, sensor(3), 0.5)
     assert actions.shape == (3, 8, 7) and torch.isfinite(actions).all()
 
@@ -86,3 +88,32 @@ def test_checkpoint_carries_the_readout_without_the_vlm(vlm_with_head, tmp_path)
     feats, window = vl_feats(2), sensor(2)
     assert torch.equal(loaded.predict_actions(feats, window, 0.3), policy.predict_actions(feats, window, 0.3))
     assert torch.equal(loaded.action_expert.resampler.grounding.offset.weight, head.offset.weight)
+
+
+def test_with_motion_input_the_readout_also_enters_as_it_is_at_the_tick(vlm_with_head):
+    """A feature 3 s old: the read-out at capture minus the lateral motion since is the offset from here."""
+    folder, head = vlm_with_head
+    policy = make_policy(folder, grounding_input=True, motion_input=True)
+    policy.load_grounding_from_vlm()
+    policy.set_normalization(motion_mean=torch.full((6,), 0.5), motion_std=torch.full((6,), 2.0))
+    ae = policy.action_expert
+    assert ae.grounding_now_embed is not None
+    assert make_policy(folder, grounding_input=True).action_expert.grounding_now_embed is None
+    feats = vl_feats(2)
+    motion_mm = torch.tensor([[3.0, -4.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    seen = []
+    ae.grounding_now_embed.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    policy.predict_actions(feats, sensor(2), 2.0, motion=motion_mm)
+    with torch.no_grad():
+        at_capture = head(feats).offset_mm
+    np.testing.assert_allclose(
+        (seen[0] * OFFSET_SCALE_MM).numpy(), (at_capture - motion_mm[:, :2]).numpy(), atol=1e-4
+    )
+    # The same motion in every other channel and the same read-out: only the lateral motion moves it.
+    seen.clear()
+    moved_up = motion_mm.clone()
+    moved_up[:, 2] += 5.0
+    policy.predict_actions(feats, sensor(2), 2.0, motion=moved_up)
+    np.testing.assert_allclose(
+        (seen[0] * OFFSET_SCALE_MM).numpy(), (at_capture - motion_mm[:, :2]).numpy(), atol=1e-4
+    )

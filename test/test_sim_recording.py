@@ -134,3 +134,45 @@ def test_topic_helpers():
     assert topics.camera_name_from_topic("/cameras/view2/image_raw") == "view2"
     assert topics.camera_name_from_topic("/cameras/view2/image_raw/compressed") is None
     assert topics.camera_name_from_topic(topics.SENSOR_TOPIC) is None
+
+
+def test_a_start_wait_lets_the_first_moves_train_on_features_as_old_as_the_nodes(tmp_path):
+    """The node holds until the VLM's first result (1.5 s), so its first moves use 1.5-3.2 s old features.
+
+    Demonstrations that move at once can never show those ages before the needle is aligned: a Stage 1
+    policy trained on them descended wherever it was (lateral error 4-7 mm, the target never reached).
+    """
+    from models.config import load_model_config
+    from training.age_recipe import age_plan
+    from training.dataset import AlignmentConfig, TickDataset, open_episodes
+
+    plan = age_plan("matched", load_model_config("tiny_sim"), latency_s=1.5, period_s=1.7)
+    cfg = AlignmentConfig(reuse=plan.reuse, age_weights=plan.age_weights, group_offset=plan.first_k)
+    sideways_reach = {}
+    for wait in (0.0, 3.2):
+        root = tmp_path / f"wait_{wait}"
+        (summary,) = generate_demonstrations(
+            root, 1, seed=5, image_size=(32, 32), targets=["Blue"], progress=False, start_wait_s=wait
+        )
+        assert summary["success"]
+        (path,) = list_episodes(root)
+        episode = Episode(path)
+        assert episode.problems() == []
+        ep = open_episodes([path], cfg)[0]
+        if wait:
+            start = episode.action_start_ns
+            assert start == episode.pose_stamps_ns[0] + 32 * 100_000_000
+            at_rest = episode.pose[episode.pose_stamps_ns <= start]
+            np.testing.assert_array_equal(at_rest, np.broadcast_to(at_rest[0], at_rest.shape))
+            assert ep.timeline.first_tick_ns == start
+        else:
+            assert episode.action_start_ns is None
+        ticks = TickDataset([ep], cfg)
+        sideways = [
+            t for t in range(ep.num_ticks) if np.linalg.norm(ep.sample(t, 0)["target_actions"][0, :2]) > 0.3
+        ]
+        assert sideways, "the expert starts away from the target"
+        sideways_reach[wait] = ticks.max_k()[sideways]
+    oldest = cfg.max_k  # k of the oldest age the matched recipe draws (3.1 s)
+    assert sideways_reach[0.0].min() < plan.first_k  # the first moves cannot even reach the youngest age
+    assert np.all(sideways_reach[3.2] == oldest)  # every sideways move trains at every deployed age

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from contracts.constants import GRIPPER_DEFAULT, NS_PER_S
+from contracts.episode import Episode
 from models.pose_math import pose_delta
 from training.alignment import interpolate_poses, pose_at_or_before, target_chunk
 from training.dataset import AlignmentConfig, GroupDataset, TickDataset, open_episodes, split_episodes
@@ -221,3 +224,42 @@ def test_the_matched_recipe_draws_the_ages_the_node_sees(episode):
     assert age_plan("fresh", model).age_weights == (1.0,) and age_plan("reuse", model).age_weights is None
     with pytest.raises(ValueError, match="age recipe"):
         age_plan("stale", model)
+
+
+def test_ticks_start_at_the_action_start_and_features_reach_back_into_the_rest_before_it(tmp_path):
+    # A recording that starts at rest: ticks (targets) begin at action_start_ns, while the frames before
+    # it can still be the feature of a later tick, so the first moves get the old features the node has.
+    path = make_synthetic_episode(
+        tmp_path / "ep", duration_s=2.5, start_ns=START, channels=8, image_size=16, action_start_s=1.0
+    )
+    cfg = AlignmentConfig(reuse=5, age_weights=(0.0,) * 8 + (1.0,) * 5, group_offset=8)  # 0.8-1.2 s
+    ep = open_episodes([path], cfg)[0]
+    assert ep.episode.action_start_ns == START + NS_PER_S
+    assert ep.timeline.first_tick_ns == START + NS_PER_S
+    last_first_frame = max(int(ep.frame_stamps_ns[c][0]) for c in ep.cameras)
+    assert ep.context_ticks == (START + NS_PER_S - last_first_frame) // cfg.dt_ns == 9
+    ticks = TickDataset([ep], cfg)
+    assert ticks.max_k()[0] == 9 and ticks.max_k()[3] == cfg.max_k == 12
+    first = ep.sample(0, 9)
+    assert first["tick_ns"] == START + NS_PER_S
+    assert first["ref"].newest_stamp_ns < START + NS_PER_S - 8 * cfg.dt_ns
+    assert first["vl_age_s"] >= 0.8
+    with pytest.raises(IndexError):
+        ep.sample(0, 10)
+    groups = GroupDataset([ep], cfg)
+    assert groups.index[0, 1] == -8  # the first group's feature is a context time; its first tick is tick 0
+    group = groups[(0, 0)]
+    assert int(group["tick_ns"][0]) == START + NS_PER_S and np.all(group["vl_age_s"] >= 0.8 - 0.06)
+    from training.trainer import all_feature_refs
+
+    refs = all_feature_refs([ep])
+    assert min(r.newest_stamp_ns for r in refs) < START + NS_PER_S - 8 * cfg.dt_ns
+
+
+def test_an_action_start_outside_the_recording_is_reported(tmp_path):
+    path = make_synthetic_episode(tmp_path / "ep", duration_s=1.0, channels=8, image_size=16)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["action_start_ns"] = meta.get("action_start_ns", 0) + 1
+    (path / "meta.json").write_text(json.dumps(meta))
+    problems = Episode(path).problems()
+    assert any("action_start_ns" in p and "outside the pose stream" in p for p in problems), problems

@@ -96,7 +96,9 @@ class EpisodeTimeline:
     """The tick grid of one episode: ticks ``first_tick_ns + i * dt_ns`` for ``i < num_ticks``.
 
     The first tick is the earliest time at which a full sensor window, a frame from every camera and a
-    pose exist; the last tick is at or before both the last pose and the last sensor sample.
+    pose exist, and not before ``action_start_ns`` (``contracts.episode``); the last tick is at or before
+    both the last pose and the last sensor sample. The ``context_ticks`` grid points before the first tick
+    (negative indices) are feature times only: every camera has a frame there, but nothing is a target.
     """
 
     def __init__(
@@ -106,17 +108,21 @@ class EpisodeTimeline:
         frame_stamps_ns: dict[str, np.ndarray],
         window: int,
         dt_ns: int,
+        action_start_ns: int | None = None,
     ) -> None:
         self.dt_ns = int(dt_ns)
+        self.context_ticks = 0
         candidates = [int(pose_stamps_ns[0]) if len(pose_stamps_ns) else None]
         candidates.append(int(sensor_stamps_ns[window - 1]) if len(sensor_stamps_ns) >= window else None)
-        candidates += [int(s[0]) if len(s) else None for s in frame_stamps_ns.values()]
+        frames_from = [int(s[0]) if len(s) else None for s in frame_stamps_ns.values()]
+        candidates += frames_from
         if any(c is None for c in candidates) or len(sensor_stamps_ns) == 0:
             self.first_tick_ns, self.num_ticks = 0, 0
             return
-        self.first_tick_ns = max(c for c in candidates if c is not None)
+        self.first_tick_ns = max(candidates + ([int(action_start_ns)] if action_start_ns is not None else []))
         last = min(int(pose_stamps_ns[-1]), int(sensor_stamps_ns[-1]))
         self.num_ticks = max(0, (last - self.first_tick_ns) // self.dt_ns + 1)
+        self.context_ticks = (self.first_tick_ns - max(frames_from)) // self.dt_ns
 
     def tick_ns(self, index: int) -> int:
         """Time of tick ``index``."""

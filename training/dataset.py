@@ -92,13 +92,23 @@ class EpisodeData:
         self.pose_stamps_ns = np.asarray(self.episode.pose_stamps_ns)
         self.frame_stamps_ns = {c: np.asarray(self.episode.frame_stamps_ns(c)) for c in self.cameras}
         self.timeline = EpisodeTimeline(
-            self.sensor_stamps_ns, self.pose_stamps_ns, self.frame_stamps_ns, config.window, config.dt_ns
+            self.sensor_stamps_ns,
+            self.pose_stamps_ns,
+            self.frame_stamps_ns,
+            config.window,
+            config.dt_ns,
+            self.episode.action_start_ns,
         )
 
     @property
     def num_ticks(self) -> int:
         """Number of ticks on this episode's grid."""
         return self.timeline.num_ticks
+
+    @property
+    def context_ticks(self) -> int:
+        """Feature times before the first tick (``EpisodeTimeline.context_ticks``): k may reach that far."""
+        return self.timeline.context_ticks
 
     @property
     def num_channels(self) -> int:
@@ -122,8 +132,11 @@ class EpisodeData:
 
     def sample(self, tick: int, k: int) -> dict[str, Any]:
         """Arrays for tick index ``tick`` with the feature taken ``k`` ticks earlier."""
-        if not 0 <= k <= tick < self.num_ticks:
-            raise IndexError(f"{self.name}: tick {tick}, k {k} outside [0, {self.num_ticks})")
+        if not (0 <= tick < self.num_ticks and 0 <= k <= tick + self.context_ticks):
+            raise IndexError(
+                f"{self.name}: tick {tick}, k {k} outside ticks [0, {self.num_ticks}) with "
+                f"k <= tick + {self.context_ticks}"
+            )
         cfg = self.config
         tick_ns = self.timeline.tick_ns(tick)
         ref = self.feature_ref(self.timeline.tick_ns(tick - k))
@@ -176,8 +189,10 @@ class TickDataset(torch.utils.data.Dataset):
         return int(self.index.shape[0])
 
     def max_k(self) -> np.ndarray:
-        """Largest valid k per item (the feature time must be a tick of the same episode)."""
-        return np.minimum(self.index[:, 1], self.config.max_k)
+        """Largest valid k per item (the feature time must be a grid time of the same episode)."""
+        context = np.array([ep.context_ticks for ep in self.episodes], dtype=np.int64)
+        reach = self.index[:, 1] + (context[self.index[:, 0]] if len(self.index) else 0)
+        return np.minimum(reach, self.config.max_k)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         index, k = item
@@ -200,8 +215,13 @@ class GroupDataset(torch.utils.data.Dataset):
         self.episodes = list(episodes)
         self.config = config
         span = config.group_offset + config.reuse
+        # g is the feature's grid index: it may be a context time, its first tick g + offset may not.
         self.index = np.array(
-            [(e, g) for e, ep in enumerate(self.episodes) for g in range(0, ep.num_ticks - span + 1, stride)],
+            [
+                (e, g)
+                for e, ep in enumerate(self.episodes)
+                for g in range(-min(ep.context_ticks, config.group_offset), ep.num_ticks - span + 1, stride)
+            ],
             dtype=np.int64,
         ).reshape(-1, 2)
 

@@ -55,8 +55,12 @@ def make_synthetic_episode(
     image_size: int = 112,
     instruction: str = "Perform Red_point insertion task",
     seed: int = 0,
+    action_start_s: float | None = None,
 ) -> Path:
-    """Write an episode with known motion; camera ``i`` starts ``camera_offsets_s[i]`` after the start."""
+    """Write an episode with known motion; camera ``i`` starts ``camera_offsets_s[i]`` after the start.
+
+    ``action_start_s``: the episode's ``action_start_ns``, seconds after the start (None: not set).
+    """
     rng = np.random.default_rng(seed)
     offsets = (
         list(camera_offsets_s) if camera_offsets_s is not None else [0.013 * i for i in range(len(cameras))]
@@ -70,6 +74,7 @@ def make_synthetic_episode(
         num_sensor_channels=channels,
         source="synthetic",
         metadata={"speed": speed},
+        action_start_ns=None if action_start_s is None else start_ns + round(action_start_s * 1e9),
     )
     for camera, offset in zip(cameras, offsets):
         times = np.arange(offset, duration_s, 1.0 / camera_hz)

@@ -82,7 +82,7 @@ def compute_normalization(
             actions.add(chunk_actions[mask])
             state = pose_at_or_before(ep.pose_stamps_ns, ep.pose, tick_ns)
             states.add(state[None])
-            for k in (k for k in ks if k <= tick):
+            for k in (k for k in ks if k <= tick + ep.context_ticks):
                 capture = ep.feature_ref(ep.timeline.tick_ns(tick - k)).newest_stamp_ns
                 motions.add(motion_since(ep.pose_stamps_ns, ep.pose, capture, state)[None])
     if actions is None:

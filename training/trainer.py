@@ -85,8 +85,12 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def all_feature_refs(episodes: list[EpisodeData]) -> list[FeatureRef]:
-    """Every feature a dataset over ``episodes`` can ask for (one per tick used as t0)."""
-    refs = [ep.feature_ref(ep.timeline.tick_ns(t)) for ep in episodes for t in range(ep.num_ticks)]
+    """Every feature a dataset over ``episodes`` can ask for (one per grid time used as t0)."""
+    refs = [
+        ep.feature_ref(ep.timeline.tick_ns(t))
+        for ep in episodes
+        for t in range(-ep.context_ticks, ep.num_ticks)
+    ]
     return list(dict.fromkeys(refs))
 
 

@@ -14,19 +14,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-TRAINING_RECIPE_VERSION = 3
+TRAINING_RECIPE_VERSION = 4
 """Part of the cached policy's key: bump it when the training code changes what a run produces (2: constant
 action dimensions keep their constant, ``training.normalization.CONSTANT_ACTION_STD``; 3: age recipes and
-the motion-since-capture input)."""
+the motion-since-capture input; 4: features may come from an episode's context before its first tick, and
+the grounding read-out also enters compensated for the motion since capture)."""
 DEMO_MODEL = "tiny_sim"
 """The embedded default: the Stage 0 sim-pretrained Qwen2.5-VL (``builtin:tiny-sim``) + a small expert."""
+DEMO_VLM_LATENCY_S = 1.5
+"""VLM latency the demo's policies are trained for and the demo's loop models (the users' 1.5 s)."""
+DEMO_VLM_PERIOD_S = 1.7
+"""VLM period of the demo (``config/models/tiny_sim.yaml``'s ``vlm_period_s``)."""
 
 
 @dataclass(frozen=True)
 class DataSettings:
     """Which demonstrations to generate."""
 
-    episodes: int = 32
+    episodes: int = 96
     seed: int = 0
     image_size: tuple[int, int] = (112, 112)
     camera_rate_hz: float = 10.0
@@ -34,18 +39,22 @@ class DataSettings:
     """Expert steps at rest at the goal before each demonstration ends (see ``sim.demos``)."""
     pause_probability: float = 0.25
     """Chance per step inside the tissue that the expert pauses (see ``sim.demos.run_expert_episode``)."""
+    start_wait_s: float = DEMO_VLM_LATENCY_S + DEMO_VLM_PERIOD_S
+    """Rest before the expert acts. The node holds until the VLM's first result, so the robot's first move
+    is made on features 1.5-3.2 s old; a demonstration that moves at once has no such sample, and a policy
+    trained on it learned "old features: already aligned, descend" and went down wherever it was."""
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Stage 1 on cached VL features (frozen VLM)."""
 
-    steps: int = 800
+    steps: int = 1600
     global_batch: int = 32
     recipe: str = "matched"
     """Feature ages to train on (``training.age_recipe``): fresh, reuse or matched."""
-    vlm_latency_s: float = 1.5
-    vlm_period_s: float = 1.7
+    vlm_latency_s: float = DEMO_VLM_LATENCY_S
+    vlm_period_s: float = DEMO_VLM_PERIOD_S
     seed: int = 0
     lr: float = 1e-3
     model: str = DEMO_MODEL
@@ -89,6 +98,7 @@ def ensure_demonstrations(
         hold_steps=settings.hold_steps,
         pause_probability=settings.pause_probability,
         progress=progress,
+        start_wait_s=settings.start_wait_s,
     )
     (staging / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
     shutil.rmtree(root, ignore_errors=True)
