@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from contracts.constants import GRIPPER_DEFAULT, NS_PER_S
-from contracts.episode import Episode
+from contracts.episode import Episode, EpisodeFormatError
 from models.pose_math import pose_delta
 from training.alignment import interpolate_poses, pose_at_or_before, target_chunk
 from training.dataset import AlignmentConfig, GroupDataset, TickDataset, open_episodes, split_episodes
@@ -263,3 +263,9 @@ def test_an_action_start_outside_the_recording_is_reported(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     problems = Episode(path).problems()
     assert any("action_start_ns" in p and "outside the pose stream" in p for p in problems), problems
+    meta["action_start_ns"] = 1.5e18  # a float stamp: not an integer count of ns
+    (path / "meta.json").write_text(json.dumps(meta))
+    problems = Episode(path).problems()
+    assert any("must be an integer stamp" in p for p in problems), problems
+    with pytest.raises(EpisodeFormatError, match="action_start_ns"):
+        open_episodes([path], AlignmentConfig(reuse=5))
