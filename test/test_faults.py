@@ -248,10 +248,36 @@ class Failing(ae.ActionExpertNode):
 sys.exit(run_lifecycle_node(Failing, sys.argv[1:]))
 """
 
+# SIGTERM handled while Python runs a __del__ (rclpy's Future.__del__ runs after every callback): an exception
+# raised by the handler there is dropped ("Exception ignored in ..."), and the node went on commanding.
+FINALIZER_SIGNAL_NODE = """
+import os, signal, sys
+from insertion_vla_ros.nodes import action_expert_node as ae
+from insertion_vla_ros.nodes.node_main import run_lifecycle_node
+
+class SignalInFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecode, so that the handler runs here, inside the finalizer
+            pass
+
+class Signalled(ae.ActionExpertNode):
+    ticks = 0
+    def _on_tick(self):
+        super()._on_tick()
+        Signalled.ticks += self.controller is not None and bool(self.controller.stats.ok_ticks)
+        if Signalled.ticks == 4:
+            SignalInFinalizer()
+
+sys.exit(run_lifecycle_node(Signalled, sys.argv[1:]))
+"""
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "shutdown transition", "fatal exception"])
+@pytest.mark.parametrize(
+    "how", ["SIGINT", "SIGTERM", "SIGTERM inside a finalizer", "shutdown transition", "fatal exception"]
+)
 def test_the_last_chunk_is_a_shutdown_hold_however_the_node_stops(
     ros_context,
     tiny_checkpoint,  # noqa: F811
@@ -262,20 +288,21 @@ def test_the_last_chunk_is_a_shutdown_hold_however_the_node_stops(
 
     from insertion_vla_ros.nodes.policy_loading import checkpoint_info
 
-    if how == "fatal exception":  # an action expert whose tick raises once it is commanding
-        (tmp_path / "failing_node.py").write_text(FATAL_NODE)
+    node_sources = {"fatal exception": FATAL_NODE, "SIGTERM inside a finalizer": FINALIZER_SIGNAL_NODE}
+    if how in node_sources:  # an action expert whose tick raises / signals itself once it is commanding
+        (tmp_path / "custom_node.py").write_text(node_sources[how])
         args = node_args(
             tiny_checkpoint, "action_expert_node", use_sim_time=True, autostart=True, output_twist=True
         )
         python_path = f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}"
-        proc = NodeProcess("failing_node", args, tmp_path, extra_env={"PYTHONPATH": python_path})
+        proc = NodeProcess("custom_node", args, tmp_path, extra_env={"PYTHONPATH": python_path})
     else:
         proc = _start_expert(tiny_checkpoint, tmp_path, output_twist=True)
     node = make_test_node(ros_context, "stop_driver")
     driver = FaultDriver(node, checkpoint_info(str(tiny_checkpoint)))
     try:
         _running(driver, proc)
-        if how != "fatal exception":
+        if how not in node_sources:
             driver.advance(0.5, proc)
         if how in ("SIGINT", "SIGTERM"):
             proc.process.send_signal(getattr(signal, how))
@@ -300,6 +327,8 @@ def test_the_last_chunk_is_a_shutdown_hold_however_the_node_stops(
         assert code == 1 and "a bug in a callback" in last.status_reason, proc.output()[-2000:]
     else:
         assert code == 0, proc.output()[-3000:]
+    if how.startswith("SIG"):
+        assert last.status_reason == f"shutdown: {how.split()[0]}", last.status_reason
 
 
 @pytest.mark.slow

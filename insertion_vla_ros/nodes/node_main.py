@@ -15,8 +15,26 @@ SIGNAL_POLL_S = 0.2
 """Longest the executor waits before Python can handle a signal (sim-time timers may never fire)."""
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+class StopRequest:
+    """The SIGINT/SIGTERM handler: records the signal; the spin loop ends when it is set.
+
+    While spinning, the handler must not raise. Python runs a signal handler wherever the main thread
+    happens to be, also inside a ``__del__`` (rclpy's ``Future.__del__`` runs after every callback), and
+    an exception raised there is printed as "Exception ignored" and dropped: the node then kept commanding
+    the robot after SIGTERM. During start-up (loading a model can take a minute) it also raises, so Ctrl-C
+    does not wait for the load; if that raise is lost, the recorded signal still stops the node before it
+    spins.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+        self.raise_now = True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        """Record the signal; raise ``KeyboardInterrupt`` only while ``raise_now`` (start-up)."""
+        self.signal_name = signal.Signals(signum).name
+        if self.raise_now:
+            raise KeyboardInterrupt(self.signal_name)
 
 
 def run_lifecycle_node(
@@ -40,8 +58,9 @@ def run_lifecycle_node(
 
     prog = sys.argv[0].rsplit("/", 1)[-1] or "node"
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = StopRequest()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     node = None
     executor = None
     code = 0
@@ -67,8 +86,10 @@ def run_lifecycle_node(
         # nodes keep every callback short (the VLM runs in its own thread), so one thread is the default.
         executor = make_executor(params, num_threads)
         executor.add_node(node)
-        while True:  # a bounded wait: with rclpy's handlers off, Python must get to run SIGINT/SIGTERM
+        stop.raise_now = False
+        while not stop.signal_name:  # a bounded wait: with rclpy's handlers off, Python must run the handler
             executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+        reason = f"shutdown: {stop.signal_name}"
     except KeyboardInterrupt as interrupt:
         reason = f"shutdown: {interrupt.args[0] if interrupt.args else 'SIGINT'}"
     except ExternalShutdownException:
