@@ -599,15 +599,17 @@ class _eval_mode:
 
     def __init__(self, *modules: nn.Module):
         self.modules = modules
-        self.flags: list[tuple[nn.Module, bool]] = []
+        self.switched: list[nn.Module] = []
 
     def __enter__(self):
-        self.flags = [(m, m.training) for module in self.modules for m in module.modules()]
-        for module in self.modules:
-            module.eval()
+        # Only the modules in training mode are switched and restored: at inference (everything already in
+        # eval mode) ``eval()`` and restoring every flag through ``nn.Module.__setattr__`` cost ~1 ms a tick.
+        self.switched = [m for module in self.modules for m in module.modules() if m.training]
+        for module in self.switched:
+            module.training = False
         return self
 
     def __exit__(self, *exc):
-        for module, flag in self.flags:
-            module.training = flag
+        for module in self.switched:
+            module.training = True
         return False

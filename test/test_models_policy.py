@@ -392,3 +392,12 @@ def test_state_policy_trains_from_batches_with_robot_state(tiny_qwen_dir):  # no
     assert policy.action_expert.state_embed[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs robot_state"):
         policy({k: v for k, v in batch.items() if k != "robot_state"})
+
+
+def test_predict_restores_a_mixed_train_eval_state_module_by_module(tiny_qwen_dir):  # noqa: F811
+    policy = AsyncVLAPolicy(tiny_config(tiny_qwen_dir, dropout=0.3)).train()
+    policy.sensor_encoder.eval()  # e.g. a frozen part kept in eval mode by its trainer
+    before = {name: m.training for name, m in policy.named_modules()}
+    policy.predict_actions(vl_feats(1), sensor(1), 0.2)
+    assert {name: m.training for name, m in policy.named_modules()} == before
+    assert not policy.sensor_encoder.training and policy.action_expert.training
