@@ -6,6 +6,9 @@ its own process on an isolated DDS domain, waits for the first OK chunk, then ob
 
 - tick period / jitter: arrival times of ActionChunks at this observer (end to end: tick + DDS delivery),
   jitter = |interval - action period|;
+- publish jitter: the same from the middleware's source timestamp of each chunk (when the node published
+  it), so the node's loop is measured without the delivery and this observer's own scheduling (rclpy
+  with ``MessageInfo`` in subscription callbacks; NaN where that is missing, as in Humble's rclpy);
 - missed ticks: skipped 100 ms slots in the chunk stamps (ticks are stamped on their slot);
 - sensor samples lost: growth of the action expert's dropped-sample counter (gaps + out of order);
 - VL age: ``vl_age_s`` of the OK chunks.
@@ -130,7 +133,14 @@ def main() -> None:
     for name, values in results.items():
         if name == "default":
             continue
-        for key in ("tick_jitter_p50_ms", "tick_jitter_p99_ms", "missed_ticks", "sensor_samples_lost"):
+        for key in (
+            "tick_jitter_p50_ms",
+            "tick_jitter_p99_ms",
+            "publish_jitter_p50_ms",
+            "publish_jitter_p99_ms",
+            "missed_ticks",
+            "sensor_samples_lost",
+        ):
             metrics[f"{name}_{key}"] = values[key]
         base = results["default"]["tick_jitter_p99_ms"]
         metrics[f"{name}_jitter_p99_ratio"] = values["tick_jitter_p99_ms"] / base if base else float("nan")
@@ -159,6 +169,13 @@ def main() -> None:
         "load_average_1min": os.getloadavg()[0],
     }
     emit("control_loop", config, metrics, args.out)
+
+
+def _callbacks_take_message_info() -> bool:
+    """Whether this rclpy passes ``MessageInfo`` to two-argument subscription callbacks (Iron and newer)."""
+    from rclpy.subscription import Subscription
+
+    return hasattr(Subscription, "CallbackType")
 
 
 def _params(node: str, values: dict[str, str]) -> list[str]:
@@ -211,13 +228,28 @@ def run_variant(
         ),
     }
     node = rclpy.create_node("control_loop_bench")
-    chunks: list[tuple[float, int, int, float]] = []  # (arrival s, stamp ns, status, vl_age_s)
+    # (arrival s, stamp ns, status, vl_age_s, source ns, inference s)
+    chunks: list[tuple[float, int, int, float, int, float]] = []
+
+    def on_chunk(message, info) -> None:  # two parameters: rclpy then passes the MessageInfo
+        source_ns = -1 if info is None else int(info["source_timestamp"])
+        chunks.append(
+            (
+                time.monotonic(),
+                stamp_to_ns(message.header.stamp),
+                message.status,
+                message.vl_age_s,
+                source_ns,
+                message.inference_time_s,
+            )
+        )
+
     statuses: list = []
     features: list = []
     node.create_subscription(
         ActionChunk,
         topics.CHUNK_TOPIC,
-        lambda m: chunks.append((time.monotonic(), stamp_to_ns(m.header.stamp), m.status, m.vl_age_s)),
+        on_chunk if _callbacks_take_message_info() else (lambda message: on_chunk(message, None)),
         RELIABLE_QOS,
     )
     node.create_subscription(ControllerStatus, "/action_expert_node/status", statuses.append, 10)
@@ -247,11 +279,20 @@ def run_variant(
     stamps = np.array([c[1] for c in window], dtype=np.int64)
     period_s = 0.1
     intervals = np.diff(arrivals)
+    sources = np.array([c[4] for c in window], dtype=np.int64)
+    has_sources = bool(sources.size) and sources.min() > 0
+    published = np.diff(sources) / NS if has_sources else np.array([np.nan])
+    # slot -> publish (the stamp is the tick's slot on the node's clock, the source timestamp the same
+    # system clock at publish): waking up late plus the tick's own compute (``inference_time_s``)
+    publish_delay = (sources - stamps) / NS if has_sources else np.array([np.nan])
     slots = np.diff(stamps) // int(period_s * NS)
     ages = [c[3] for c in window if c[2] == 0]
     metrics = {
         **percentiles_ms(intervals, "tick_period"),
         **percentiles_ms(np.abs(intervals - period_s), "tick_jitter"),
+        **percentiles_ms(np.abs(published - period_s), "publish_jitter"),
+        **percentiles_ms(publish_delay, "slot_to_publish"),
+        **percentiles_ms([c[5] for c in window], "tick_compute"),
         "missed_ticks": int(np.clip(slots - 1, 0, None).sum()),
         "node_missed_ticks": int(end_status.missed_ticks - start_status.missed_ticks),
         "sensor_samples_lost": int(end_status.dropped_samples - start_status.dropped_samples),
