@@ -7,7 +7,10 @@ clock, VLM latency modelled). Policies are the demo's Stage 1 policies on the em
 (default ``demo_output``). Zero latency runs with both: ``zero_latency`` (the reuse-trained policy) and
 ``zero_latency_noreuse`` (the fresh-feature policy, in the condition it was trained for). ``--stage2 N``
 adds the Stage 2 policy (LoRA on the VLM, N steps from the reuse-trained Stage 1) at zero latency and at
-age 1.7 s (``stage2_*`` keys). ``--quick`` uses fewer episodes. Success is a fraction 0..1; chunk rates are
+age 1.7 s (``stage2_*`` keys). ``--readout`` adds the reuse-trained policy at zero latency and at age 1.7 s
+with its lateral steps from the scripted expert steering by the VLM's own grounding read-out
+(``readout_lateral_*``): what these features allow with perfect lateral control, the ceiling of any policy
+on them. ``--quick`` uses fewer episodes. Success is a fraction 0..1; chunk rates are
 OK chunks per sim second. The evaluation seed (``--seed``) is never a demonstration seed.
 """
 
@@ -38,6 +41,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument(
         "--no-oracle", action="store_true", help="skip the lateral-oracle decomposition (oracle_lateral_*)"
+    )
+    parser.add_argument(
+        "--readout",
+        action="store_true",
+        help="also steer laterally by the VLM's grounding read-out (readout_lateral_*): the success the "
+        "features allow with perfect lateral control",
     )
     parser.add_argument(
         "--force-guard", type=float, default=None, help="HOLD at or above this force, N (default: the node's)"
@@ -132,6 +141,12 @@ def main() -> None:
         in ("zero_latency", "zero_latency_noreuse", "sync", "async_reuse_age_1p7", "async_noreuse_age_1p7")
     }
     configs |= {f"oracle_lateral_{name}": value for name, value in oracle.items()}
+    readout = {
+        name: (reuse, dataclasses.replace(cfg, lateral_readout=True))
+        for name, (reuse, cfg) in configs.items()
+        if args.readout and name in ("zero_latency", "async_reuse_age_1p7")
+    }
+    configs |= {f"readout_lateral_{name}": value for name, value in readout.items()}
     guard = DEFAULT_FORCE_GUARD_N if args.force_guard is None else args.force_guard
     configs = {
         name: (reuse, cfg if cfg.mode == "expert" else dataclasses.replace(cfg, force_guard_n=guard))
@@ -183,6 +198,13 @@ def main() -> None:
                 "oracle_lateral_async_noreuse_age_1p7", "success"
             ),
         }
+    if readout:
+        metrics |= {
+            "readout_lateral_zero_latency_success": mean("readout_lateral_zero_latency", "success"),
+            "readout_lateral_async_reuse_success_age_1p7": mean(
+                "readout_lateral_async_reuse_age_1p7", "success"
+            ),
+        }
     if args.stage2:
         metrics["stage2_zero_latency_success"] = mean("stage2_zero_latency", "success")
         metrics["stage2_async_success_age_1p7"] = mean("stage2_async_age_1p7", "success")
@@ -204,6 +226,7 @@ def main() -> None:
         "demos": data.episodes,
         "stage2_steps": args.stage2,
         "lateral_oracle": not args.no_oracle,
+        "lateral_readout": bool(args.readout),
         "force_guard_n": guard,
         "checkpoints": {str(k): str(v) for k, v in ckpt.items()},
     }

@@ -121,6 +121,11 @@ class VLResampler(nn.Module):
         return slot
 
 
+def readout_slot(vl_latents: torch.Tensor) -> torch.Tensor:
+    """The raw grounding read-out ``[B, 2]`` in the resampler's output (offset / ``OFFSET_SCALE_MM``)."""
+    return vl_latents[:, -1, :2]
+
+
 def _offset_mlp(d_model: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, d_model), nn.GELU(), nn.Linear(d_model, d_model))
 
@@ -197,7 +202,7 @@ class ActionExpert(nn.Module):
         when the grounding read-out is compensated for it (``grounding_input`` and ``motion_input``).
         """
         if self.resampler.grounding is not None:
-            offset = vl_latents[:, -1, :2]  # the raw read-out slot (see VLResampler)
+            offset = readout_slot(vl_latents)
             embedded = self.resampler.grounding_embed(offset)[:, None]
             vl_latents = torch.cat([vl_latents[:, :-1], embedded], dim=1)
         parts = [(age + self.type_embed[0])[:, None]]

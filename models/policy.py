@@ -33,9 +33,9 @@ from torch import nn
 
 from contracts.constants import ACTION_NAMES
 from models import lora as lora_utils
-from models.action_expert import MOTION_DIM, ActionExpert
+from models.action_expert import MOTION_DIM, ActionExpert, readout_slot
 from models.config import PolicyConfig
-from models.grounding import GroundingHeadConfig, load_grounding_head, token_grid
+from models.grounding import OFFSET_SCALE_MM, GroundingHeadConfig, load_grounding_head, token_grid
 from models.model_identity import weights_identity
 from models.sensor_encoder import SensorEncoder
 from models.vlm import VLFeatureExtractor, VLFeatureMeta
@@ -402,6 +402,15 @@ class AsyncVLAPolicy(nn.Module):
         encoded = self.encode_vl_features(vl, mask)
         self._vl_cache = (weakref.ref(vl), key, encoded)
         return encoded
+
+    def grounding_offset_mm(self, encoded: EncodedVL) -> np.ndarray:
+        """The VLM's read-out of the instructed target's offset (target - tip at capture, mm), ``[B, 2]``.
+
+        ``ValueError`` for a policy without the grounding read-out (``action_expert.grounding_input``).
+        """
+        if self.action_expert.resampler.grounding is None:
+            raise ValueError("this policy has no grounding read-out (action_expert.grounding_input: false)")
+        return readout_slot(encoded.latents).detach().cpu().double().numpy() * OFFSET_SCALE_MM
 
     @torch.no_grad()
     def predict_actions(

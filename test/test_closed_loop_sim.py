@@ -75,6 +75,35 @@ def test_lateral_oracle_aligns_even_an_untrained_policy(rig, tiny_policy):
     assert np.isfinite(with_oracle["depth_error_mm"])
 
 
+@pytest.fixture(scope="module")
+def untrained_tiny_sim_policy():
+    """The embedded default's layout (shipped Stage 0 VLM, its grounding read-out), an untrained expert."""
+    import torch
+
+    from models.config import load_model_config
+    from models.policy import AsyncVLAPolicy
+
+    torch.manual_seed(0)
+    policy = AsyncVLAPolicy(load_model_config("tiny_sim"), load_vlm=True)
+    policy.load_grounding_from_vlm()
+    return policy.eval()
+
+
+def test_lateral_readout_steers_by_the_vlm_read_out_not_ground_truth(untrained_tiny_sim_policy, tiny_policy):
+    rig = InsertionRig(RigConfig().with_image_size(112, 112), seed=3)
+    settings = dict(vlm_latency_s=0.0, vlm_period_s=0.1, max_episode_s=4.0)
+    plain = ClosedLoopRunner(rig, untrained_tiny_sim_policy, LoopConfig(**settings)).run("Blue", 31)
+    readout = ClosedLoopRunner(rig, untrained_tiny_sim_policy, LoopConfig(**settings, lateral_readout=True))
+    steered = readout.run("Blue", 31)
+    assert plain["lateral_error_mm"] > 3.0  # the untrained expert alone does not find the target
+    assert 0.05 < steered["lateral_error_mm"] < 2.5  # the read-out finds it, to its own accuracy (not 0)
+    small_rig = InsertionRig(RigConfig().with_image_size(56, 56), seed=3)
+    with pytest.raises(ValueError, match="no grounding read-out"):
+        ClosedLoopRunner(small_rig, tiny_policy, LoopConfig(**settings, lateral_readout=True)).run("Blue", 31)
+    with pytest.raises(ValueError, match="pick one"):
+        LoopConfig(lateral_oracle=True, lateral_readout=True)
+
+
 def test_loop_config_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mode"):
         LoopConfig(mode="sometimes")

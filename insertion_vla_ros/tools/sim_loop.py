@@ -48,6 +48,10 @@ class LoopConfig:
     lateral_oracle: bool = False
     """Diagnostic: replace the policy's lateral steps (dx, dy) by the scripted expert's, so the episode
     measures the learned depth control (sensor pathway) alone, with the target found by ground truth."""
+    lateral_readout: bool = False
+    """Diagnostic: replace the policy's lateral steps by the scripted expert's steering to where the VLM's
+    grounding read-out (compensated for the motion since capture) puts the target: the success these
+    features allow with perfect lateral control (policies with ``action_expert.grounding_input``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("async", "sync", "expert"):
@@ -56,6 +60,8 @@ class LoopConfig:
             raise ValueError(
                 f"transport_dtype must be float32, float16 or bfloat16, got {self.transport_dtype!r}"
             )
+        if self.lateral_oracle and self.lateral_readout:
+            raise ValueError("lateral_oracle and lateral_readout both replace the lateral steps; pick one")
 
 
 def transported(features: Any, dtype: str) -> Any:
@@ -121,6 +127,29 @@ class _LateralOracle:
         return raw
 
 
+class _LateralReadout(_LateralOracle):
+    """The policy, with the lateral steps of every chunk from the expert steering by the VLM's read-out."""
+
+    def __init__(self, policy: Any, make_expert: Any, rig: Any) -> None:
+        """``make_expert(target_xy)``: the episode's scripted expert steering to ``target_xy()``."""
+        if policy.action_expert.resampler.grounding is None:
+            raise ValueError("lateral_readout: this policy has no grounding read-out (grounding_input false)")
+        super().__init__(policy, make_expert(lambda: self.target_estimate_xy), rig)
+        self.target_estimate_xy = np.zeros(2)
+
+    def predict_actions(self, vl_features: Any, *args: Any, motion: Any = None, **kwargs: Any) -> Any:
+        raw = np.asarray(
+            self._policy.predict_actions(vl_features, *args, motion=motion, **kwargs), np.float32
+        ).copy()
+        offset = self._policy.grounding_offset_mm(vl_features)[0]
+        if motion is not None:  # the read-out is the offset at capture; the tip has moved since
+            offset = offset - np.asarray(motion, np.float64).reshape(-1)[:2]
+        pose = self._rig.pose()
+        self.target_estimate_xy = pose[0:2] + offset
+        raw[:, 0:2] = self._expert.chunk(pose, raw.shape[0])[:, 0:2]
+        return raw
+
+
 class ClosedLoopRunner:
     """Runs seeded episodes of one :class:`LoopConfig` with a policy (or the expert)."""
 
@@ -167,18 +196,14 @@ class ClosedLoopRunner:
         trace = EpisodeTrace()
         expert = None
         if cfg.mode == "expert" or cfg.lateral_oracle:
-            from sim.expert import ScriptedExpert
-
-            expert = ScriptedExpert(
-                rig.scene,
-                step_s=cfg.action_period_s,
-                seed=seed,
-                gripper=rig.config.robot.gripper,
-                target_xy=rig.target_xy_mm,
-            )
+            expert = self._expert(seed, rig.target_xy_mm)
         controller = vlm = None
         if cfg.mode != "expert":
-            policy = _LateralOracle(self.policy, expert, rig) if cfg.lateral_oracle else self.policy
+            policy = self.policy
+            if cfg.lateral_oracle:
+                policy = _LateralOracle(self.policy, expert, rig)
+            elif cfg.lateral_readout:
+                policy = _LateralReadout(self.policy, lambda target_xy: self._expert(seed, target_xy), rig)
             controller = self.controller(policy)
             vlm = SimulatedVlm(
                 self._extractor(),
@@ -240,6 +265,19 @@ class ClosedLoopRunner:
             )
         self.last_trace = trace
         return self._summary(rig.evaluate(), reason, trace, vlm)
+
+    def _expert(self, seed: int, target_xy: Any) -> Any:
+        """The scripted expert of this episode, steering to ``target_xy()``."""
+        from sim.expert import ScriptedExpert
+
+        rig = self.rig
+        return ScriptedExpert(
+            rig.scene,
+            step_s=self.config.action_period_s,
+            seed=seed,
+            gripper=rig.config.robot.gripper,
+            target_xy=target_xy,
+        )
 
     def _feed_streams(self, controller: TickController) -> None:
         """What the node's subscriptions would have stored by now: sensor samples and measured poses."""
