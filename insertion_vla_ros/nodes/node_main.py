@@ -42,7 +42,8 @@ def run_lifecycle_node(
 ) -> int:
     """Create the node with ``factory``, spin it, and return the exit code.
 
-    The executor is single-threaded unless the node's ``executor_threads`` parameter asks for more.
+    The executor is what the node's ``executor`` and ``executor_threads`` parameters ask for
+    (:func:`~insertion_vla_ros.nodes.process_tuning.make_executor`); its class is logged.
 
     A parameter or interface error raised while constructing prints ``<prog>: error: ...`` and returns 1.
     With the node's ``autostart`` parameter, configure and activate run before spinning and a failed
@@ -85,6 +86,7 @@ def run_lifecycle_node(
         # subscriptions (measured: the 650 Hz sensor stream lagged 0.4-0.8 s behind the 10 Hz tick). These
         # nodes keep every callback short (the VLM runs in its own thread), so one thread is the default.
         executor = make_executor(params, num_threads)
+        node.get_logger().info(f"executor: {type(executor).__name__}")
         executor.add_node(node)
         stop.raise_now = False
         while not stop.signal_name:  # a bounded wait: with rclpy's handlers off, Python must run the handler
