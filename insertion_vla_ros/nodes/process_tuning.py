@@ -2,13 +2,13 @@
 
 ``executor``: ``single`` (rclpy's SingleThreadedExecutor; MultiThreadedExecutor when ``executor_threads``
 >= 2, as before), ``multi``, or ``events`` (``rclpy.experimental.EventsExecutor``: callbacks dispatched
-from an event queue instead of a wait set rebuilt on every spin, in Jazzy and Kilted; not measurably steadier
-on a busy 2-core machine, README "Performance", and under ``use_sim_time`` its timer skipped ticks of a
-``/clock`` stepped in 100 ms). ``cpu_affinity``
-pins the process to cores (e.g. the action expert on one core, the VLM on the others); ``nice`` and
-``realtime_priority`` (``SCHED_FIFO``) raise its priority. Each setting is applied when the node starts;
-one the system refuses (no permission, no such core) leaves the process as it was and says so in the
-returned notes, which the node logs and shows in its diagnostics.
+from an event queue instead of a wait set rebuilt on every spin, in Jazzy and Kilted; not measurably
+steadier on a busy 2-core machine, README "Performance", and under ``use_sim_time`` its timer skipped
+ticks of a ``/clock`` stepped in 100 ms). ``cpu_affinity`` pins the process to cores (e.g. the action
+expert on one core, the VLM on the others); ``nice`` and ``realtime_priority`` (``SCHED_FIFO``) raise its
+priority. Each setting is applied when the node starts; one the system refuses (no permission, no such
+core) leaves the process as it was and says so in the returned notes, which the node logs and shows in
+its diagnostics.
 """
 
 from __future__ import annotations
