@@ -27,10 +27,12 @@ long are the only ones whose motion starts at the ages the node sees (``sim.demo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,7 @@ class EpisodeWriter:
             "pose_rate_hz": float(pose_rate_hz),
             "num_sensor_channels": int(num_sensor_channels),
             "source": source,
+            "recording_id": uuid.uuid4().hex,
             "metadata": dict(metadata or {}),
         }
         if action_start_ns is not None:
@@ -174,10 +177,15 @@ class Episode:
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise EpisodeFormatError(f"{self.path}: no meta.json (not an episode folder)")
+        raw = meta_file.read_bytes()
         try:
-            self.meta: dict[str, Any] = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as error:
+            self.meta: dict[str, Any] = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise EpisodeFormatError(f"{meta_file}: invalid JSON ({error})") from error
+        self.content_id = hashlib.sha256(raw).hexdigest()[:16]
+        """Digest of ``meta.json``: which recording this is, beyond its folder name. Every writer stamps a
+        fresh ``recording_id`` there, so two recordings never share one (sim demo sets all name their
+        episodes ``episode_00000``..., with the same frame stamps), while the same folder keeps it."""
         if self.meta.get("format") != FORMAT_NAME or self.meta.get("version") != FORMAT_VERSION:
             raise EpisodeFormatError(
                 f"{self.path}: format {self.meta.get('format')!r} v{self.meta.get('version')!r}, "

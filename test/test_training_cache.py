@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_build_hit_and_values_match_the_vlm(setup, tmp_path):
     assert build_cache(reopened, refs, policy.extract_vl_features_batch, load, progress=False) == 0
 
 
-def test_key_covers_episode_frames_instruction_and_fingerprint(setup, tmp_path):
+def test_key_covers_episode_content_frames_instruction_and_fingerprint(setup, tmp_path):
     _, policy, refs, _ = setup
     ref = refs[0]
     base = entry_key(ref, "fp")
@@ -69,8 +71,9 @@ def test_key_covers_episode_frames_instruction_and_fingerprint(setup, tmp_path):
         ),
         (ref.__class__(ref.episode, ref.cameras, ref.frame_indices, ref.frame_stamps_ns, "other task"), "fp"),
         (ref, "fp2"),
+        (dataclasses.replace(ref, content_id=ref.content_id + "0"), "fp"),  # another recording, same name
     ]
-    assert len({entry_key(r, fp) for r, fp in variants} | {base}) == 5
+    assert len({entry_key(r, fp) for r, fp in variants} | {base}) == 6
 
 
 def test_changed_fingerprint_never_serves_old_features(setup, tmp_path):
@@ -200,3 +203,26 @@ def test_ranks_writing_concurrently_keep_every_shard(tmp_path):
     merged = FeatureCache(tmp_path, "fp", rank=2)
     refs = [FeatureRef(f"ep{r}", ("view1",), (i,), (i,), "task") for r in (0, 1) for i in range(count)]
     assert merged.missing(refs) == [] and merged.verify() == 0
+
+
+def test_another_recording_under_the_same_folder_name_never_gets_its_features(setup, tmp_path):
+    """Every sim demo set names its episodes episode_00000...; their frames have the same stamps and
+    instruction. A cache built on one set served its features to another set's different images."""
+    _, policy, refs, load = setup
+    other_paths = make_synthetic_dataset(
+        tmp_path / "other", num_episodes=2, duration_s=1.2, seed=7, channels=1026
+    )
+    other = all_feature_refs(open_episodes(other_paths, AlignmentConfig(reuse=17)))
+    same_place = [
+        (a, b)
+        for a, b in zip(refs, other)
+        if a.episode == b.episode and a.frame_stamps_ns == b.frame_stamps_ns
+    ]
+    assert same_place, "the two sets name their episodes and stamp their frames alike"
+    cache = FeatureCache(tmp_path / "cache", policy.fingerprint)
+    build_cache(cache, refs[:4], policy.extract_vl_features_batch, load, progress=False)
+    assert cache.missing(refs[:4]) == []
+    assert cache.missing([b for _, b in same_place[:4]]) == [b for _, b in same_place[:4]]
+    # The same recording opened again (a later run) still hits.
+    again = all_feature_refs(open_episodes(sorted((setup[0] / "data").iterdir()), AlignmentConfig(reuse=17)))
+    assert cache.missing(again[:4]) == []

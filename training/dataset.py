@@ -62,6 +62,8 @@ class FeatureRef:
     frame_indices: tuple[int, ...]
     frame_stamps_ns: tuple[int, ...]
     instruction: str
+    content_id: str = ""
+    """The episode's ``Episode.content_id``: folder names alone are not unique across recordings."""
 
     @property
     def newest_stamp_ns(self) -> int:
@@ -124,7 +126,9 @@ class EpisodeData:
                 raise ValueError(f"{self.name}: camera {camera} has no frame at or before {t0_ns}")
             indices.append(index)
             stamps.append(int(self.frame_stamps_ns[camera][index]))
-        return FeatureRef(self.name, self.cameras, tuple(indices), tuple(stamps), self.instruction)
+        return FeatureRef(
+            self.name, self.cameras, tuple(indices), tuple(stamps), self.instruction, self.episode.content_id
+        )
 
     def load_images(self, ref: FeatureRef) -> list[np.ndarray]:
         """Decode the frames a feature reference names, in camera order."""

@@ -1,5 +1,8 @@
 """On-disk cache of VL features, keyed by episode, frame stamps, instruction and VLM fingerprint.
 
+The episode is its folder name and its ``Episode.content_id`` (another recording under the same name
+never shares an entry).
+
 Layout::
 
     <root>/<sha256(fingerprint)[:16]>/
@@ -39,9 +42,10 @@ class CacheMissError(KeyError):
 
 
 def entry_key(ref: FeatureRef, fingerprint: str) -> str:
-    """Stable key of one feature: sha256 over episode, cameras, frame stamps, instruction, fingerprint."""
+    """Stable key of one feature: sha256 of episode, content id, cameras, stamps, instruction, fingerprint."""
     payload = {
         "episode": ref.episode,
+        "content_id": ref.content_id,
         "cameras": list(ref.cameras),
         "frame_stamps_ns": [int(s) for s in ref.frame_stamps_ns],
         "instruction": ref.instruction,
