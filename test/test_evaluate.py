@@ -79,3 +79,42 @@ def test_evaluate_reads_bags_written_with_rosbags_directly(tmp_path, storage, co
     assert main([*args, "--vlm-period", "0.5"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["ok_ticks"] > 5, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_openloop_check_shows_the_ticks_around_the_recorded_stop(tmp_path, capsys):
+    """``--around-stop``: the ticks either side of where the expert comes to rest at its goal depth."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from insertion_vla_ros.testing.tiny_checkpoint import build_tiny_checkpoint
+    from sim.demos import generate_demonstrations
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "openloop_check.py"
+    spec = importlib.util.spec_from_file_location("openloop_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps = np.array(
+        [[0.0, 0.0, -0.1], [0.0, 0.0, -0.01], [0.0, 0.0, -0.1], [0.0, 0.0, 0.0], [0.01, 0.0, 0.0]]
+    )
+    assert module.last_move_index(steps) == 2 and module.last_move_index(np.zeros((3, 3))) is None
+
+    (summary,) = generate_demonstrations(tmp_path / "ep", 1, seed=5, progress=False, max_steps=120)
+    assert summary["success"]
+    checkpoint = build_tiny_checkpoint(tmp_path / "model")
+    argv = [str(checkpoint), str(tmp_path / "ep"), "--around-stop", "2", "--vlm-latency-s", "0.3"]
+    saved, sys.argv = sys.argv, ["openloop_check.py", *argv]
+    try:
+        assert module.main() == 0
+    finally:
+        sys.argv = saved
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("tick")]
+    ticks = [int(line.split()[1]) for line in lines]
+    assert len(lines) == 5 and ticks == list(range(ticks[0], ticks[0] + 5))
+    assert "last recorded motion" in lines[2] and all("last recorded" not in line for line in lines[3:])
+    after = [line.split("target dxyz")[1].split("predicted")[0] for line in lines[3:]]
+    assert all(np.allclose([float(v) for v in a.strip(" []").split()], 0.0) for a in after), lines
