@@ -44,3 +44,19 @@ def test_staleness_keys_name_the_latency():
     from staleness import latency_key
 
     assert [latency_key(x) for x in (0.0, 0.3, 1.5, 3.0)] == ["0", "0p3", "1p5", "3p0"]
+
+
+def test_closed_loop_settled_success_counts_only_episodes_the_policy_finished():
+    """A needle still moving when the timeout catches it in tolerance is a success, not a settled one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("closed_loop_bench", ROOT / "bench" / "closed_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = [
+        {"success": True, "end_reason": "timeout"},
+        {"success": True, "end_reason": "settled"},
+        {"success": False, "end_reason": "settled"},
+        {"success": False, "end_reason": "timeout"},
+    ]
+    assert module.settled_success(runs) == 0.25

@@ -44,7 +44,7 @@ def rig():
 
 def test_expert_mode_solves_a_seeded_episode(rig):
     result = ClosedLoopRunner(rig, None, LoopConfig(mode="expert", max_episode_s=15.0)).run("Blue", 11)
-    assert result["success"], result
+    assert result["success"] and result["end_reason"] == "settled", result  # it stops; no timeout saves it
     assert result["chunks_ok_steady_per_s"] == pytest.approx(10.0)
 
 
