@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--stage2", type=int, default=0, help="also score a Stage 2 policy of N steps")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument(
-        "--max-episode-s", type=float, default=None, help="episode time limit (default 15 s, --quick 10 s)"
+        "--max-episode-s", type=float, default=None, help="episode time limit (default 20 s, --quick 10 s)"
     )
     parser.add_argument(
         "--no-oracle", action="store_true", help="skip the lateral-oracle decomposition (oracle_lateral_*)"
@@ -58,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from insertion_vla_ros.runtime.chunk_executor import DEFAULT_MAX_EPISODE_S
     from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
     from insertion_vla_ros.tools.demo_pipeline import (
         DataSettings,
@@ -75,7 +76,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     episodes = args.episodes or (3 if args.quick else 20)
-    max_s = args.max_episode_s or (10.0 if args.quick else 15.0)
+    max_s = args.max_episode_s or (10.0 if args.quick else DEFAULT_MAX_EPISODE_S)
     data = DataSettings() if args.demos is None else DataSettings(episodes=args.demos)
     data_dir, _ = ensure_demonstrations(args.work, data, progress=False)
     train = {reuse: TrainSettings(recipe="matched" if reuse else "fresh") for reuse in (True, False)}

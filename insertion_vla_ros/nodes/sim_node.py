@@ -48,7 +48,14 @@ from insertion_vla_ros.ros_io.msg_conversions import action_chunk_from_msg, sens
 from insertion_vla_ros.ros_io.parameters import ParamSpec, declare_parameters  # noqa: E402
 from insertion_vla_ros.ros_io.qos import LATCHED_QOS, LATCHED_RESULTS_QOS, RELIABLE_QOS, STREAM_QOS  # noqa: E402
 from insertion_vla_ros.ros_io.time_conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
-from insertion_vla_ros.runtime.chunk_executor import Chunk, ChunkExecutor, EndRule, control_piece, hold_action  # noqa: E402
+from insertion_vla_ros.runtime.chunk_executor import (  # noqa: E402
+    DEFAULT_MAX_EPISODE_S,
+    Chunk,
+    ChunkExecutor,
+    EndRule,
+    control_piece,
+    hold_action,
+)
 from sim.bag import pose_to_ros  # noqa: E402
 from sim.config import TARGET_COLOURS, RigConfig  # noqa: E402
 from sim.demos import episode_seed  # noqa: E402
@@ -133,7 +140,12 @@ PARAMETERS: list[ParamSpec] = [
         maximum=10.0,
     ),
     ParamSpec(
-        "max_episode_s", 15.0, "Episode time limit (sim s).", read_only=True, minimum=0.5, maximum=3600.0
+        "max_episode_s",
+        DEFAULT_MAX_EPISODE_S,
+        "Episode time limit (sim s).",
+        read_only=True,
+        minimum=0.5,
+        maximum=3600.0,
     ),
     ParamSpec(
         "settle_window_s",

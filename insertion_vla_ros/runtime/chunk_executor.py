@@ -159,11 +159,17 @@ def control_piece(action: np.ndarray, fraction: float) -> np.ndarray:
     return piece
 
 
+DEFAULT_MAX_EPISODE_S = 20.0
+"""Episode time limit (sim s). A learned policy inserts at the demonstrations' 1.2-1.8 mm/s and, at the
+users' 1.5 s VLM latency, starts 3.2 s late: its settled episodes end after 10-20 s, so a 15 s limit cut a
+third of them off while the needle was still descending."""
+
+
 @dataclass
 class EndRule:
     """When an episode is over: settled after inserting, force far beyond the limit, or out of time."""
 
-    max_episode_s: float = 15.0
+    max_episode_s: float = DEFAULT_MAX_EPISODE_S
     settle_window_s: float = 1.0
     settle_motion_mm: float = 0.1
     min_depth_mm: float = 0.5

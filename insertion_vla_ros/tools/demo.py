@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from insertion_vla_ros.runtime.chunk_executor import DEFAULT_MAX_EPISODE_S
 from insertion_vla_ros.tools.demo_pipeline import DataSettings, Stage2Settings, TrainSettings
 
 
@@ -57,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stage2-steps", type=int, default=0, help="also fine-tune LoRA on the VLM (Stage 2) for N steps"
     )
-    p.add_argument("--max-episode-s", type=float, default=15.0, help="episode time limit, sim s (default 15)")
+    p.add_argument(
+        "--max-episode-s",
+        type=float,
+        default=DEFAULT_MAX_EPISODE_S,
+        help=f"episode time limit, sim s (default {DEFAULT_MAX_EPISODE_S:g})",
+    )
     p.add_argument(
         "--timeout", type=float, default=900.0, help="closed-loop wall time limit, s (default 900)"
     )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from contracts import topics
+from insertion_vla_ros.runtime.chunk_executor import DEFAULT_MAX_EPISODE_S
 
 
 @dataclass
@@ -34,7 +35,7 @@ class LoopSettings:
     vlm_period_s: float = 1.7
     vlm_latency_s: float = 0.0
     """Extra seconds every VLM inference takes (vlm_node ``inject_latency_s``): the users' VLM latency."""
-    max_episode_s: float = 15.0
+    max_episode_s: float = DEFAULT_MAX_EPISODE_S
     timeout_s: float = 600.0
     results_file: Path = Path("demo_output/closed_loop_results.json")
     log_dir: Path = Path("demo_output/logs")

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from contracts.constants import ACTION_PERIOD_S, DEFAULT_RATE_LIMITS, DEFAULT_STEP_LIMITS, NS_PER_S
-from insertion_vla_ros.runtime.chunk_executor import Chunk, ChunkExecutor, EndRule, control_piece, hold_action
+from insertion_vla_ros.runtime.chunk_executor import (
+    DEFAULT_MAX_EPISODE_S,
+    Chunk,
+    ChunkExecutor,
+    EndRule,
+    control_piece,
+    hold_action,
+)
 from insertion_vla_ros.runtime.controller import ControllerSettings, TickController, TickResult
 from insertion_vla_ros.runtime.force_guard import DEFAULT_FORCE_GUARD_N
 from insertion_vla_ros.runtime.hold_policy import FeatureInfo
@@ -36,7 +43,7 @@ class LoopConfig:
     vlm_latency_s: float = 0.0
     vlm_period_s: float = 1.7
     action_period_s: float = ACTION_PERIOD_S
-    max_episode_s: float = 15.0
+    max_episode_s: float = DEFAULT_MAX_EPISODE_S
     max_age_s: float = 0.0
     """HOLD beyond this feature age (0: the default for the checkpoint's recipe, ``default_max_age_s``)."""
     step_limits: tuple[float, ...] = DEFAULT_STEP_LIMITS
