@@ -18,6 +18,9 @@ Three stages, split so the expensive VL side runs once per VL feature rather tha
      noise chunk (a non-persistent buffer drawn from ``flow_seed``), so eval output is deterministic and
      identical for every batch element given identical inputs. The context is computed once per call.
 
+   With ``lateral_from_readout`` the lateral steps (dx, dy) come from ``lateral_steps_mm`` instead: learned
+   gates on the compensated read-out, decoded from the same context by the step queries.
+
 Ground-truth actions enter only ``loss``; ``predict`` has no parameter through which they could leak.
 """
 
@@ -174,6 +177,7 @@ class ActionExpert(nn.Module):
         if cfg.grounding_input and cfg.motion_input:
             self.grounding_now_embed = _offset_mlp(d)
             self.grounding_now_type = nn.Parameter(torch.randn(d) * 0.02)
+        self.gate_out = nn.Linear(d, 1) if cfg.lateral_from_readout else None
 
     # ------------------------------------------------------------------------------------ building blocks
     def encode_vl(self, vl: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,6 +205,7 @@ class ActionExpert(nn.Module):
         when ``motion_input``, and ``motion_mm`` the same change in physical units (mm, rad), required
         when the grounding read-out is compensated for it (``grounding_input`` and ``motion_input``).
         """
+        offset = None
         if self.resampler.grounding is not None:
             offset = readout_slot(vl_latents)
             embedded = self.resampler.grounding_embed(offset)[:, None]
@@ -215,12 +220,41 @@ class ActionExpert(nn.Module):
                 raise ValueError(f"this action expert needs the motion since capture ([B, {MOTION_DIM}])")
             parts.append((self.motion_embed(motion.float()) + self.motion_type)[:, None])
         if self.grounding_now_embed is not None:
-            if motion_mm is None:
-                raise ValueError("the compensated grounding read-out needs motion_mm ([B, 6], mm and rad)")
-            now = offset - motion_mm[:, :2].float() / OFFSET_SCALE_MM
-            parts.append((self.grounding_now_embed(now) + self.grounding_now_type)[:, None])
+            now = self.readout_now_mm(vl_latents if offset is None else None, motion_mm, offset)
+            parts.append((self.grounding_now_embed(now / OFFSET_SCALE_MM) + self.grounding_now_type)[:, None])
         parts += [sensor_tokens + self.type_embed[1], vl_latents + self.type_embed[2]]
         return self.context_encoder(torch.cat(parts, dim=1))
+
+    @staticmethod
+    def readout_now_mm(
+        vl_latents: torch.Tensor | None, motion_mm: torch.Tensor | None, offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The target offset as it is at the tick ``[B, 2]`` (mm): the read-out minus the motion since.
+
+        ``vl_latents`` are ``encode_vl``'s output (or ``offset``, their raw read-out slot, directly);
+        ``motion_mm`` the pose change since capture ``[B, 6]`` in mm and rad.
+        """
+        if motion_mm is None:
+            raise ValueError("the compensated grounding read-out needs motion_mm ([B, 6], mm and rad)")
+        raw = readout_slot(vl_latents) if offset is None else offset
+        return raw.float() * OFFSET_SCALE_MM - motion_mm[:, :2].float()
+
+    def lateral_steps_mm(
+        self, context: torch.Tensor, age: torch.Tensor, vl_latents: torch.Tensor, motion_mm: torch.Tensor
+    ) -> torch.Tensor:
+        """Lateral steps ``[B, H, 2]`` (mm) for ``lateral_from_readout``: step j moves g_j of what is left.
+
+        The gates ``g`` in [0, 1] are decoded from the context by the step queries; the offset left before
+        step j is the compensated read-out times ``prod_{i<j} (1 - g_i)``.
+        """
+        if self.gate_out is None:
+            raise ValueError("this action expert decodes its lateral steps (lateral_from_readout: false)")
+        queries = (self.step_embed + age[:, None]).expand(context.shape[0], -1, -1)
+        gates = torch.sigmoid(self.gate_out(self.decoder(queries, context)))[..., 0]
+        kept = torch.cumprod(1.0 - gates, dim=1)
+        left_before = torch.cat([torch.ones_like(kept[:, :1]), kept[:, :-1]], dim=1)
+        now = self.readout_now_mm(vl_latents, motion_mm)
+        return (gates * left_before)[..., None] * now[:, None, :]
 
     def _decode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.out(self.decoder(tokens, context))
@@ -248,19 +282,22 @@ class ActionExpert(nn.Module):
         self, context: torch.Tensor, age: torch.Tensor, target: torch.Tensor, step_mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss against normalised targets ``[B, H, D]``; ``step_mask`` ``[B, H]``, False = pad."""
-        weights = step_mask.float()[..., None].expand_as(target)
-        denom = weights.sum().clamp_min(1.0)
         if self.cfg.head == "regression":
-            pred = self.predict(context, age)
-            loss = ((pred - target) ** 2 * weights).sum() / denom
+            loss = masked_mean_square(self.predict(context, age) - target, step_mask)
             return loss, {"mse_norm": float(loss.detach())}
         batch = target.shape[0]
         noise = torch.randn_like(target)
         t = torch.rand(batch, device=target.device)
         x_t = (1.0 - t)[:, None, None] * noise + t[:, None, None] * target
         velocity = self._flow_velocity(x_t, t, age, context)
-        loss = ((velocity - (target - noise)) ** 2 * weights).sum() / denom
+        loss = masked_mean_square(velocity - (target - noise), step_mask)
         return loss, {"flow_mse": float(loss.detach())}
+
+
+def masked_mean_square(diff: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared ``diff`` over real steps (``diff`` ``[B, H, D]``, ``step_mask`` ``[B, H]``)."""
+    weights = step_mask.float()[..., None].expand_as(diff)
+    return (diff**2 * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def masked_mean_abs(diff: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:

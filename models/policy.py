@@ -33,7 +33,7 @@ from torch import nn
 
 from contracts.constants import ACTION_NAMES
 from models import lora as lora_utils
-from models.action_expert import MOTION_DIM, ActionExpert, readout_slot
+from models.action_expert import MOTION_DIM, ActionExpert, masked_mean_square, readout_slot
 from models.config import PolicyConfig
 from models.grounding import OFFSET_SCALE_MM, GroundingHeadConfig, load_grounding_head, token_grid
 from models.model_identity import weights_identity
@@ -485,10 +485,13 @@ class AsyncVLAPolicy(nn.Module):
         """
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(
-            latents, self.sensor_encoder(window), age, state, motion, self._motion_mm(motion)
-        )
-        return self.denormalize_actions(ae.predict(context, age))
+        motion_mm = self._motion_mm(motion)
+        context = ae.context(latents, self.sensor_encoder(window), age, state, motion, motion_mm)
+        chunk = self.denormalize_actions(ae.predict(context, age))
+        if ae.gate_out is None:
+            return chunk
+        lateral = ae.lateral_steps_mm(context, age, latents, motion_mm)
+        return torch.cat([lateral.to(chunk.dtype), chunk[..., 2:]], dim=-1)
 
     def _motion_mm(self, motion: torch.Tensor | None) -> torch.Tensor | None:
         """Normalised motion since capture -> mm and rad (``None`` stays ``None``)."""
@@ -563,8 +566,15 @@ class AsyncVLAPolicy(nn.Module):
         moved = self.normalized_motion(batch.get("motion"), n)
         ae = self.action_expert
         age = ae.age_embedding(age_s)
-        context = ae.context(latents, self.sensor_encoder(window), age, state, moved, self._motion_mm(moved))
+        motion_mm = self._motion_mm(moved)
+        context = ae.context(latents, self.sensor_encoder(window), age, state, moved, motion_mm)
         loss, metrics = ae.loss(context, age, self.normalize_actions(target), step_mask)
+        if ae.gate_out is not None:  # the lateral steps come from the gates, so they train on them
+            lateral = ae.lateral_steps_mm(context, age, latents, motion_mm)
+            error = (lateral - target[..., :2]) / self.action_std[:2]
+            lateral_loss = masked_mean_square(error, step_mask)
+            loss = loss + lateral_loss
+            metrics["lateral_mse_norm"] = float(lateral_loss.detach())
         metrics["loss"] = float(loss.detach())
         metrics["vl_age_mean_s"] = float(age_s.mean())
         return PolicyOutput(loss, metrics)

@@ -77,14 +77,24 @@ def test_lateral_oracle_aligns_even_an_untrained_policy(rig, tiny_policy):
 
 @pytest.fixture(scope="module")
 def untrained_tiny_sim_policy():
-    """The embedded default's layout (shipped Stage 0 VLM, its grounding read-out), an untrained expert."""
+    """The embedded default's layout (shipped Stage 0 VLM, its grounding read-out), an untrained expert.
+
+    Its lateral steps are decoded freely (not gated by the read-out), so that alone it does not find the
+    target and the diagnostic's steering is what the test sees.
+    """
+    import dataclasses
+
     import torch
 
     from models.config import load_model_config
     from models.policy import AsyncVLAPolicy
 
     torch.manual_seed(0)
-    policy = AsyncVLAPolicy(load_model_config("tiny_sim"), load_vlm=True)
+    config = load_model_config("tiny_sim")
+    config.action_expert = dataclasses.replace(
+        config.action_expert, head="regression", lateral_from_readout=False
+    )
+    policy = AsyncVLAPolicy(config.validate(), load_vlm=True)
     policy.load_grounding_from_vlm()
     return policy.eval()
 

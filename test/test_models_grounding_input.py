@@ -117,3 +117,77 @@ def test_with_motion_input_the_readout_also_enters_as_it_is_at_the_tick(vlm_with
     np.testing.assert_allclose(
         (seen[0] * OFFSET_SCALE_MM).numpy(), (at_capture - motion_mm[:, :2]).numpy(), atol=1e-4
     )
+
+
+@pytest.mark.parametrize("head", ["regression", "flow"])
+def test_lateral_steps_from_the_readout_are_gated_fractions_of_the_offset_from_here(vlm_with_head, head):
+    """``lateral_from_readout``: dx, dy point at the compensated read-out and never step past it."""
+    folder, grounding = vlm_with_head
+    policy = make_policy(
+        folder, grounding_input=True, motion_input=True, lateral_from_readout=True, head=head
+    )
+    policy.load_grounding_from_vlm()
+    feats, window = vl_feats(2), sensor(2)
+    motion_mm = torch.tensor([[3.0, -4.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        from_here = grounding(feats).offset_mm - motion_mm[:, :2]
+        chunk = policy.predict_actions(feats, window, 2.0, motion=motion_mm)
+    steps = chunk[..., :2]
+    unit = from_here / from_here.norm(dim=-1, keepdim=True)
+    along = (steps * unit[:, None]).sum(-1)
+    across = steps[..., 0] * unit[:, None, 1] - steps[..., 1] * unit[:, None, 0]
+    assert (along > 0).all() and torch.allclose(across, torch.zeros_like(across), atol=1e-5)
+    assert (along.sum(1) < from_here.norm(dim=-1)).all()  # what is left after the chunk stays ahead
+    gate = policy.action_expert.gate_out
+    with torch.no_grad():
+        gate.bias.fill_(30.0)  # "all of it now": the first step covers the offset, the rest stand still
+        snapped = policy.predict_actions(feats, window, 2.0, motion=motion_mm)
+        gate.bias.fill_(-30.0)
+        still = policy.predict_actions(feats, window, 2.0, motion=motion_mm)
+    torch.testing.assert_close(snapped[:, 0, :2], from_here, atol=1e-4, rtol=1e-4)
+    assert snapped[:, 1:, :2].abs().max() < 1e-4 and still[..., :2].abs().max() < 1e-4
+    torch.testing.assert_close(snapped[..., 2:], still[..., 2:])  # the gates touch dx, dy only
+
+
+def test_lateral_gates_train_on_the_demonstrated_steps(vlm_with_head):
+    """The gates learn from the lateral targets: the loss on them falls and enters the training loss."""
+    folder, grounding = vlm_with_head
+    policy = make_policy(folder, grounding_input=True, motion_input=True, lateral_from_readout=True)
+    policy.load_grounding_from_vlm()
+    policy.set_stage(1)
+    feats, window = vl_feats(4), sensor(4)
+    motion = torch.zeros(4, 6)
+    with torch.no_grad():
+        from_here = grounding(feats).offset_mm
+    target = torch.zeros(4, 8, 7)
+    target[:, 0, :2] = 0.5 * from_here  # half of the offset, then the other half, then stand still
+    target[:, 1, :2] = 0.5 * from_here
+    batch = {
+        "sensor_window": window,
+        "vl_age_s": torch.full((4,), 0.5),
+        "target_actions": target,
+        "vl_features": feats,
+        "motion": motion,
+    }
+    params = [p for group in policy.parameter_groups().values() for p in group]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    first = policy(batch).metrics["lateral_mse_norm"]
+    for _ in range(60):
+        optimizer.zero_grad()
+        output = policy(batch)
+        output.loss.backward()
+        optimizer.step()
+    assert output.metrics["loss"] > output.metrics["lateral_mse_norm"] > 0.0
+    assert policy(batch).metrics["lateral_mse_norm"] < 0.3 * first
+
+
+def test_lateral_from_readout_needs_the_compensated_readout(tiny_qwen_dir):  # noqa: F811
+    from models.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lateral_from_readout needs grounding_input and motion_input"):
+        make_policy(tiny_qwen_dir, grounding_input=True, lateral_from_readout=True)
+    with pytest.raises(ValueError, match="decodes its lateral steps"):
+        ae = make_policy(tiny_qwen_dir).action_expert
+        ae.lateral_steps_mm(
+            torch.zeros(1, 4, 64), torch.zeros(1, 64), torch.zeros(1, 9, 64), torch.zeros(1, 6)
+        )
