@@ -220,24 +220,21 @@ class ActionExpert(nn.Module):
                 raise ValueError(f"this action expert needs the motion since capture ([B, {MOTION_DIM}])")
             parts.append((self.motion_embed(motion.float()) + self.motion_type)[:, None])
         if self.grounding_now_embed is not None:
-            now = self.readout_now_mm(vl_latents if offset is None else None, motion_mm, offset)
+            now = self.readout_now_mm(offset, motion_mm)
             parts.append((self.grounding_now_embed(now / OFFSET_SCALE_MM) + self.grounding_now_type)[:, None])
         parts += [sensor_tokens + self.type_embed[1], vl_latents + self.type_embed[2]]
         return self.context_encoder(torch.cat(parts, dim=1))
 
     @staticmethod
-    def readout_now_mm(
-        vl_latents: torch.Tensor | None, motion_mm: torch.Tensor | None, offset: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def readout_now_mm(offset: torch.Tensor, motion_mm: torch.Tensor | None) -> torch.Tensor:
         """The target offset as it is at the tick ``[B, 2]`` (mm): the read-out minus the motion since.
 
-        ``vl_latents`` are ``encode_vl``'s output (or ``offset``, their raw read-out slot, directly);
-        ``motion_mm`` the pose change since capture ``[B, 6]`` in mm and rad.
+        ``offset`` is the raw read-out slot (``readout_slot`` of ``encode_vl``'s output), ``motion_mm``
+        the pose change since capture ``[B, 6]`` in mm and rad.
         """
         if motion_mm is None:
             raise ValueError("the compensated grounding read-out needs motion_mm ([B, 6], mm and rad)")
-        raw = readout_slot(vl_latents) if offset is None else offset
-        return raw.float() * OFFSET_SCALE_MM - motion_mm[:, :2].float()
+        return offset.float() * OFFSET_SCALE_MM - motion_mm[:, :2].float()
 
     def lateral_steps_mm(
         self, context: torch.Tensor, age: torch.Tensor, vl_latents: torch.Tensor, motion_mm: torch.Tensor
@@ -253,7 +250,7 @@ class ActionExpert(nn.Module):
         gates = torch.sigmoid(self.gate_out(self.decoder(queries, context)))[..., 0]
         kept = torch.cumprod(1.0 - gates, dim=1)
         left_before = torch.cat([torch.ones_like(kept[:, :1]), kept[:, :-1]], dim=1)
-        now = self.readout_now_mm(vl_latents, motion_mm)
+        now = self.readout_now_mm(readout_slot(vl_latents), motion_mm)
         return (gates * left_before)[..., None] * now[:, None, :]
 
     def _decode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
