@@ -237,12 +237,17 @@ class ActionExpert(nn.Module):
         return offset.float() * OFFSET_SCALE_MM - motion_mm[:, :2].float()
 
     def lateral_steps_mm(
-        self, context: torch.Tensor, age: torch.Tensor, vl_latents: torch.Tensor, motion_mm: torch.Tensor
+        self,
+        context: torch.Tensor,
+        age: torch.Tensor,
+        vl_latents: torch.Tensor,
+        motion_mm: torch.Tensor | None,
     ) -> torch.Tensor:
         """Lateral steps ``[B, H, 2]`` (mm) for ``lateral_from_readout``: step j moves g_j of what is left.
 
         The gates ``g`` in [0, 1] are decoded from the context by the step queries; the offset left before
-        step j is the compensated read-out times ``prod_{i<j} (1 - g_i)``.
+        step j is the read-out times ``prod_{i<j} (1 - g_i)``: compensated for ``motion_mm`` (the pose
+        change since capture), or as it was at capture when the policy has no motion input (``None``).
         """
         if self.gate_out is None:
             raise ValueError("this action expert decodes its lateral steps (lateral_from_readout: false)")
@@ -250,7 +255,10 @@ class ActionExpert(nn.Module):
         gates = torch.sigmoid(self.gate_out(self.decoder(queries, context)))[..., 0]
         kept = torch.cumprod(1.0 - gates, dim=1)
         left_before = torch.cat([torch.ones_like(kept[:, :1]), kept[:, :-1]], dim=1)
-        now = self.readout_now_mm(readout_slot(vl_latents), motion_mm)
+        offset = readout_slot(vl_latents)
+        now = (
+            offset.float() * OFFSET_SCALE_MM if motion_mm is None else self.readout_now_mm(offset, motion_mm)
+        )
         return (gates * left_before)[..., None] * now[:, None, :]
 
     def _decode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -173,10 +173,11 @@ class ActionExpertConfig:
     # lateral motion since), so no policy has to learn that subtraction from a few demonstrations.
     grounding_input: bool = False
     # Lateral steps from the read-out: the chunk's dx, dy are not decoded freely but as learned gates on
-    # the compensated read-out (step j moves g_j in [0, 1] of the offset still left after steps < j), so
-    # the policy decides when and how fast to align and the VLM says where to. A free decoder fitted on a
-    # few demonstrations maps the read-out to steps too loosely to stay within 1 mm; the scripted expert's
-    # chunks are exactly of this form. Needs ``grounding_input`` and ``motion_input``.
+    # the read-out (step j moves g_j in [0, 1] of the offset still left after steps < j), so the policy
+    # decides when and how fast to align and the VLM says where to. A free decoder fitted on a few
+    # demonstrations maps the read-out to steps too loosely to stay within 1 mm; the scripted expert's
+    # chunks are exactly of this form. Needs ``grounding_input``; with ``motion_input`` the offset is
+    # compensated for the motion since capture, without it (an ablation) it is the offset at capture.
     lateral_from_readout: bool = False
 
     @property
@@ -211,11 +212,8 @@ class ActionExpertConfig:
             raise ConfigError(
                 "action_expert.grounding_input needs vl_token_positions (the head's token grid)"
             )
-        if self.lateral_from_readout and not (self.grounding_input and self.motion_input):
-            raise ConfigError(
-                "action_expert.lateral_from_readout needs grounding_input and motion_input "
-                "(the read-out compensated for the motion since capture)"
-            )
+        if self.lateral_from_readout and not self.grounding_input:
+            raise ConfigError("action_expert.lateral_from_readout needs grounding_input (the read-out)")
         if self.lateral_from_readout and self.action_dim < 2:
             raise ConfigError("action_expert.lateral_from_readout needs action_dim >= 2 (dx, dy)")
 

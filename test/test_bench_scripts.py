@@ -46,6 +46,17 @@ def test_staleness_keys_name_the_latency():
     assert [latency_key(x) for x in (0.0, 0.3, 1.5, 3.0)] == ["0", "0p3", "1p5", "3p0"]
 
 
+def test_staleness_ablation_of_the_embedded_default_loads(tmp_path):
+    """The recipes without motion input keep the read-out gates, steering to the offset at capture."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from staleness import _without_motion
+
+    from models.config import load_model_config
+
+    ablation = load_model_config(_without_motion(tmp_path, "tiny_sim")).action_expert
+    assert not ablation.motion_input and ablation.lateral_from_readout and ablation.grounding_input
+
+
 def test_closed_loop_settled_success_counts_only_episodes_the_policy_finished():
     """A needle still moving when the timeout catches it in tolerance is a success, not a settled one."""
     import importlib.util

@@ -181,13 +181,26 @@ def test_lateral_gates_train_on_the_demonstrated_steps(vlm_with_head):
     assert policy(batch).metrics["lateral_mse_norm"] < 0.3 * first
 
 
-def test_lateral_from_readout_needs_the_compensated_readout(tiny_qwen_dir):  # noqa: F811
+def test_lateral_from_readout_needs_the_readout(tiny_qwen_dir):  # noqa: F811
     from models.config import ConfigError
 
-    with pytest.raises(ConfigError, match="lateral_from_readout needs grounding_input and motion_input"):
-        make_policy(tiny_qwen_dir, grounding_input=True, lateral_from_readout=True)
+    with pytest.raises(ConfigError, match="lateral_from_readout needs grounding_input"):
+        make_policy(tiny_qwen_dir, motion_input=True, lateral_from_readout=True)
     with pytest.raises(ValueError, match="decodes its lateral steps"):
         ae = make_policy(tiny_qwen_dir).action_expert
         ae.lateral_steps_mm(
             torch.zeros(1, 4, 64), torch.zeros(1, 64), torch.zeros(1, 9, 64), torch.zeros(1, 6)
         )
+
+
+def test_without_motion_input_the_gates_steer_to_the_offset_at_capture(vlm_with_head):
+    """The staleness ablation (no motion since capture): the same gates on the uncompensated read-out."""
+    folder, grounding = vlm_with_head
+    policy = make_policy(folder, grounding_input=True, lateral_from_readout=True)
+    policy.load_grounding_from_vlm()
+    feats = vl_feats(2)
+    with torch.no_grad():
+        policy.action_expert.gate_out.bias.fill_(30.0)
+        snapped = policy.predict_actions(feats, sensor(2), 2.0)
+        at_capture = grounding(feats).offset_mm
+    torch.testing.assert_close(snapped[:, 0, :2], at_capture, atol=1e-4, rtol=1e-4)
